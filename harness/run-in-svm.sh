@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Runs one program with a working /dev/kvm inside QEMU's TCG machine emulating AMD SVM (see README).
+#
+#   harness/run-in-svm.sh [options] -- PROGRAM [ARGS...]
+#
+# PROGRAM (and every --bin) is copied into the outer machine at its own absolute path together
+# with the shared libraries `ldd` lists. --file copies files or directory trees at their own
+# absolute paths. The program runs as root with /dev/kvm, /dev/vhost-vsock and AF_VSOCK available;
+# its stdout+stderr stream to ours, and our exit status is its exit status.
+# Exit statuses of our own: 124 time limit hit, 125 harness failure (reason on stderr).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+HEARTH_LOG_TAG=svm-harness
+fail() { printf '[svm-harness] ERROR: %s\n' "$*" >&2; exit 125; }
+
+usage() {
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    cat >&2 <<'USAGE'
+Options:
+  --timeout SECS     wall-clock limit for the whole outer machine (default 900)
+  --mem MIB          outer machine memory (default 6144; files passed in live in its RAM)
+  --smp N            outer vCPUs (default 2)
+  --env NAME=VALUE   set in the program's environment (repeatable)
+  --pass-env NAME    copy NAME from our environment if set (repeatable)
+  --file PATH        copy a file or directory in at the same absolute path (repeatable)
+  --bin PATH         copy an executable and its shared libraries (repeatable)
+  --qemu             also copy qemu-system-x86_64, its libraries and the microvm firmware
+  --workdir DIR      directory the program starts in (default: the current directory; created)
+  --keep             keep the staging directory and serial log (printed at the end)
+USAGE
+    exit 125
+}
+
+timeout_s=900 mem=6144 smp=2 workdir="$PWD" keep=0 want_qemu=0
+envs=() files=() bins=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --timeout) timeout_s="$2"; shift 2 ;;
+        --mem) mem="$2"; shift 2 ;;
+        --smp) smp="$2"; shift 2 ;;
+        --env) [[ "$2" == *=* ]] || fail "--env wants NAME=VALUE, got '$2'"; envs+=("$2"); shift 2 ;;
+        --pass-env) if [ -n "${!2+x}" ]; then envs+=("$2=${!2}"); fi; shift 2 ;;
+        --file) files+=("$2"); shift 2 ;;
+        --bin) bins+=("$2"); shift 2 ;;
+        --qemu) want_qemu=1; shift ;;
+        --workdir) workdir="$2"; shift 2 ;;
+        --keep) keep=1; shift ;;
+        -h|--help) usage ;;
+        --) shift; break ;;
+        -*) fail "unknown option $1 (see --help)" ;;
+        *) break ;;
+    esac
+done
+[ $# -ge 1 ] || usage
+prog="$1"; shift
+if [[ "$prog" != /* ]]; then
+    if [ -e "$prog" ]; then prog="$(realpath "$prog")"
+    else prog="$(command -v "$prog")" || fail "program '$1' not found"; fi
+fi
+[ -x "$prog" ] || fail "program $prog is not an executable file"
+
+for tool in qemu-system-x86_64 cpio busybox; do
+    command -v "$tool" >/dev/null || ensure_pkgs qemu-system-x86 cpio busybox-static
+done
+busybox_bin="$(command -v busybox)"
+ldd "$busybox_bin" >/dev/null 2>&1 && fail "$busybox_bin is dynamically linked; install busybox-static"
+
+outer="$("$here/outer-kernel.sh")" || fail "could not build the outer kernel (see above)"
+
+stage="$(mktemp -d "${TMPDIR:-/tmp}/hearth-svm-XXXXXX")"
+cleanup() { if [ "$keep" = 0 ]; then rm -rf "$stage"; else log "kept $stage"; fi; }
+trap cleanup EXIT
+root="$stage/root"
+mkdir -p "$root"/{proc,sys,dev,tmp,run,harness/bin,harness/modules,usr/bin,usr/sbin,usr/lib,usr/lib64,etc,root}
+# Same top-level layout as the host (merged /usr), so copied paths resolve the same way.
+for d in bin sbin lib lib64; do
+    if [ -L "/$d" ]; then ln -sfn "$(readlink "/$d")" "$root/$d"; else mkdir -p "$root/$d"; fi
+done
+chmod 1777 "$root/tmp"
+
+copy_in() { # copy_in PATH : one path (file, symlink chain or tree) at the same absolute path
+    local p="$1"
+    [ -e "$p" ] || fail "missing file to pass in: $p"
+    p="$(realpath -s "$p")"
+    mkdir -p "$root$(dirname "$p")"
+    if [ -d "$p" ]; then cp -a "$p/." "$root$p/" 2>/dev/null || { mkdir -p "$root$p"; cp -a "$p/." "$root$p/"; }
+    else
+        # Keep the name the program asks for, and the real file if it is a symlink.
+        cp -a "$p" "$root$p" 2>/dev/null || true
+        if [ -L "$p" ]; then
+            local real; real="$(realpath "$p")"
+            mkdir -p "$root$(dirname "$real")"; cp -a "$real" "$root$real"
+        fi
+    fi
+}
+copy_bin() { # copy_bin PATH : an executable and the shared libraries it loads
+    local b="$1" lib
+    copy_in "$b"
+    if ldd "$b" >/dev/null 2>&1; then
+        while read -r lib; do copy_in "$lib"; done < <(ldd "$b" | grep -oE '/[^ ]+' | sort -u)
+    fi
+}
+
+copy_bin "$prog"
+for b in ${bins[@]+"${bins[@]}"}; do copy_bin "$b"; done
+for f in ${files[@]+"${files[@]}"}; do copy_in "$f"; done
+if [ "$want_qemu" = 1 ]; then
+    copy_bin "$(command -v qemu-system-x86_64)"
+    for f in /usr/share/qemu/{bios-microvm.bin,qboot.rom,pvh.bin,linuxboot_dma.bin,linuxboot.bin,kvmvapic.bin}; do
+        [ -e "$f" ] && copy_in "$f"
+    done
+fi
+cp "$busybox_bin" "$root/harness/bin/busybox"
+# Scripts with #!/bin/sh work even when no shell was passed in.
+[ -e "$root/bin/sh" ] || ln -s /harness/bin/busybox "$root/bin/sh"
+cp "$outer/modules/"*.ko "$outer/modules/modules.list" "$root/harness/modules/"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+printf 'root:x:0:\n' >"$root/etc/group"
+echo 'hosts: files' >"$root/etc/nsswitch.conf"
+printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
+
+# The command and its environment, quoted for the outer shell (busybox ash understands %q).
+nonce="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+{
+    echo "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:/harness/bin"
+    echo "export HOME=/root TMPDIR=/tmp HEARTH_IN_SVM_HARNESS=1"
+    for e in ${envs[@]+"${envs[@]}"}; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
+    printf 'mkdir -p %q && cd %q || exit 125\n' "$workdir" "$workdir"
+    printf '%q ' "$prog" "$@"; echo
+} >"$root/harness/cmd.sh"
+cat >"$root/init" <<INIT
+#!/harness/bin/busybox sh
+/harness/bin/busybox --install -s /harness/bin
+export PATH=/harness/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
+ln -sf /proc/self/fd /dev/fd
+stty -F /dev/console -opost 2>/dev/null
+hostname hearth-svm
+ip link set lo up 2>/dev/null
+report() { echo; echo "HEARTH_HARNESS_${nonce}_EXIT=\$1"; sync; poweroff -f; }
+while read -r m; do
+    insmod /harness/modules/\$m || { echo "[svm-harness] ERROR: insmod \$m failed" >&2; report 125; }
+done </harness/modules/modules.list
+for dev in kvm vhost-vsock; do
+    [ -e /dev/\$dev ] || { echo "[svm-harness] ERROR: /dev/\$dev missing after loading modules (does -cpu max still offer SVM?)" >&2; report 125; }
+done
+/harness/bin/busybox sh /harness/cmd.sh </dev/null
+report \$?
+INIT
+chmod +x "$root/init"
+
+start=$(date +%s.%N)
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$stage/initramfs.cpio" \
+    || fail "could not pack the initramfs"
+size_mb=$(( $(stat -c %s "$stage/initramfs.cpio") / 1048576 ))
+log "initramfs ${size_mb} MiB packed in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s; booting the outer machine (limit ${timeout_s} s)"
+[ $((size_mb * 2 + 1024)) -lt "$mem" ] || fail "outer memory ${mem} MiB is too small for a ${size_mb} MiB initramfs; raise --mem"
+
+serial="$stage/serial.log"
+set +e
+timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+    -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
+    -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+    -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 rdinit=/init" \
+    </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
+qemu_rc=${PIPESTATUS[0]}
+set -e
+if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+    echo "[svm-harness] ERROR: time limit of ${timeout_s} s reached; outer machine killed" >&2
+    exit 124
+fi
+rc="$(tr -d '\r' <"$serial" | sed -n "s/^HEARTH_HARNESS_${nonce}_EXIT=\([0-9]*\)\$/\1/p" | tail -1)"
+if [ -z "$rc" ]; then
+    cat "$stage/qemu.err" >&2
+    fail "the outer machine stopped (QEMU status $qemu_rc) without reporting the program's exit status; kernel panic or crash? (--keep keeps $serial)"
+fi
+log "program exited with status $rc (outer machine ran $(printf '%.0f' "$(echo "$(date +%s.%N) - $start" | bc)") s)"
+exit "$rc"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The VM test suite in one command:
+#   harness/run-vm-tests.sh [--direct|--svm] [--timeout SECS] [-- TEST-BINARY-ARGS...]
+#
+# 1. builds or finds the guest artifacts (harness/artifacts.sh) and exports HEARTH_KERNEL,
+#    HEARTH_BZIMAGE, HEARTH_ROOTFS, HEARTH_ROOTFS_TINY;
+# 2. builds every integration test target named `vm_*` in the workspace (cargo test --no-run);
+# 3. runs each test binary directly when /dev/kvm is hardware virtualization
+#    (harness/probe-hw-virt.sh), otherwise inside the emulated-SVM machine (harness/run-in-svm.sh),
+#    with the artifacts, qemu-system-x86_64 and the binary passed in.
+# Fails when no `vm_*` test exists, when an artifact cannot be built, or when any binary fails.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+HEARTH_LOG_TAG=vm-tests
+
+mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-1500}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --direct) mode=direct; shift ;;
+        --svm) mode=svm; shift ;;
+        --timeout) timeout_s="$2"; shift 2 ;;
+        --) shift; break ;;
+        *) die "unknown option $1" ;;
+    esac
+done
+test_args=("$@")
+
+ensure_pkgs jq bc
+suite_start=$(date +%s)
+eval "$("$here/artifacts.sh")" || die "guest artifacts could not be built (see above)"
+log "artifacts: kernel=$HEARTH_KERNEL bzImage=$HEARTH_BZIMAGE rootfs=$HEARTH_ROOTFS tiny=$HEARTH_ROOTFS_TINY"
+
+if [ "$mode" = auto ]; then
+    if "$here/probe-hw-virt.sh"; then mode=direct; else
+        rc=$?; [ "$rc" = 1 ] || die "the hardware-virtualization probe failed to run (status $rc)"
+        mode=svm
+    fi
+fi
+log "mode: $mode"
+
+log "building the vm_* test targets"
+json="$(cd "$repo" && cargo test --workspace --test 'vm_*' --no-run --message-format=json-render-diagnostics)" \
+    || die "cargo could not build the vm_* tests"
+mapfile -t tests < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test == true
+    and (.target.kind | index("test")) and (.target.name | startswith("vm_")))
+    | "\(.target.name)\t\(.executable)\t\(.manifest_path)"' <<<"$json")
+[ ${#tests[@]} -gt 0 ] || die "no vm_* integration test targets found in the workspace"
+
+passed=() failed=()
+for t in "${tests[@]}"; do
+    IFS=$'\t' read -r name exe manifest <<<"$t"
+    pkgdir="$(dirname "$manifest")"
+    log "running $name ($exe) in $mode mode"
+    start=$(date +%s)
+    set +e
+    if [ "$mode" = direct ]; then
+        (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"})
+    else
+        "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$pkgdir" \
+            --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
+            --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
+            --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
+            --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE \
+            -- "$exe" ${test_args[@]+"${test_args[@]}"}
+    fi
+    rc=$?
+    set -e
+    if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"
+    else failed+=("$name"); log "$name FAILED with status $rc ($(elapsed_since "$start"))"; fi
+done
+log "vm test binaries: ${#passed[@]} ok (${passed[*]:-}), ${#failed[@]} failing (${failed[*]:-}); suite took $(elapsed_since "$suite_start")"
+[ ${#failed[@]} -eq 0 ]
