@@ -1,0 +1,3 @@
+//! Emulated devices: legacy PIO devices and virtio devices.
+
+pub mod virtio;

@@ -1,0 +1,194 @@
+//! Virtio device model shared by every device behind the MMIO transport.
+//!
+//! This module is the contract between the transport (`mmio`) and the devices (`block`, `vsock`):
+//! the interrupt trigger, the activation arguments and the [`VirtioDevice`] trait.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// The guest memory type used by every device.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Feature bit: the device complies with virtio 1.0+ (bit 32).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Virtio device ids.
+pub const TYPE_NET: u32 = 1;
+/// Block device id.
+pub const TYPE_BLOCK: u32 = 2;
+/// Vsock device id.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// The cause of an interrupt, as seen in the MMIO InterruptStatus register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqKind {
+    /// A used buffer was added to a virtqueue (VIRTIO_MMIO_INT_VRING).
+    Vring,
+    /// The configuration space changed (VIRTIO_MMIO_INT_CONFIG).
+    Config,
+}
+
+impl IrqKind {
+    /// The InterruptStatus bit of this kind.
+    pub fn bit(self) -> u32 {
+        match self {
+            IrqKind::Vring => 1,
+            IrqKind::Config => 2,
+        }
+    }
+}
+
+/// One virtio-mmio device's interrupt: the interrupt-status register plus the irqfd.
+#[derive(Debug)]
+pub struct IrqTrigger {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl IrqTrigger {
+    /// A trigger with a fresh non-blocking irqfd.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            status: AtomicU32::new(0),
+            irqfd: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Sets the status bit of `kind` and signals the irqfd.
+    pub fn trigger(&self, kind: IrqKind) -> io::Result<()> {
+        self.status.fetch_or(kind.bit(), Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// The current InterruptStatus value.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears `bits` from the status.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The irqfd registered with KVM_IRQFD by the device manager.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// Handed to a device when the driver sets DRIVER_OK.
+#[derive(Debug)]
+pub struct ActivateArgs {
+    /// Guest memory.
+    pub mem: GuestMemory,
+    /// The queues, validated by the transport (ready, size, addresses).
+    pub queues: Vec<virtio_queue::Queue>,
+    /// One ioeventfd per queue, already registered with KVM.
+    pub queue_evts: Vec<EventFd>,
+    /// The device's interrupt.
+    pub irq: std::sync::Arc<IrqTrigger>,
+    /// Features the driver acknowledged.
+    pub acked_features: u64,
+}
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The transport handed over a different number of queues than the device has.
+    #[error("bad queue count: expected {expected}, got {got}")]
+    BadQueueCount {
+        /// Queues the device needs.
+        expected: usize,
+        /// Queues received.
+        got: usize,
+    },
+    /// Writing or creating an eventfd failed.
+    #[error("eventfd: {0}")]
+    EventFd(#[source] io::Error),
+    /// The device was already activated.
+    #[error("device already activated")]
+    AlreadyActivated,
+    /// A device-specific failure.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A virtio device behind the MMIO transport. Also an event-manager subscriber: it is added to the
+/// VMM's single EventManager as `Arc<Mutex<Self>>`, and in `init` it registers an "activate"
+/// EventFd.
+pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
+    /// Virtio device id (blk 2, net 1, vsock 19).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Offered features, including [`VIRTIO_F_VERSION_1`].
+    fn avail_features(&self) -> u64;
+    /// Reads the config space; out-of-range bytes are filled with 0, never a panic.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the config space; out-of-range or read-only writes are ignored with a warning.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Called on a vCPU thread. Must not block: store `args`, then write the activate EventFd;
+    /// the event-loop thread registers the queue eventfds (via EventOps) in `process`.
+    fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError>;
+    /// Driver wrote 0 to Status. Drop queues/state; return false if reset is not supported.
+    fn reset(&mut self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_sets_status_and_signals_irqfd() {
+        let irq = IrqTrigger::new().unwrap();
+        assert_eq!(irq.status(), 0);
+        irq.trigger(IrqKind::Vring).unwrap();
+        irq.trigger(IrqKind::Config).unwrap();
+        assert_eq!(irq.status(), 3);
+        assert_eq!(irq.irqfd().read().unwrap(), 2);
+        irq.ack(1);
+        assert_eq!(irq.status(), 2);
+    }
+
+    struct Dummy;
+    impl event_manager::MutEventSubscriber for Dummy {
+        fn process(&mut self, _: event_manager::Events, _: &mut event_manager::EventOps) {}
+        fn init(&mut self, _: &mut event_manager::EventOps) {}
+    }
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn read_config(&self, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, _: ActivateArgs) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn device_arc_coerces_to_subscriber_arc() {
+        use std::sync::{Arc, Mutex};
+        let dev: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Dummy));
+        let sub: Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>> = dev.clone();
+        let mut em = event_manager::EventManager::<
+            Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>,
+        >::new()
+        .unwrap();
+        event_manager::SubscriberOps::add_subscriber(&mut em, sub);
+        assert_eq!(Arc::strong_count(&dev), 2);
+    }
+}
