@@ -1,0 +1,283 @@
+//! Runs one Exec request: spawns the child in its own session/process group,
+//! streams stdout/stderr under the client's credit window, handles signals,
+//! cancel and timeout, and reports the exit.
+
+use super::reaper::{ChildExit, Reaper, kill_group};
+use crate::outbox::Outbox;
+use crate::proto::{
+    ErrorCode, ExecSpec, ExitInfo, MAX_CHUNK, Message, OutputStream, Program, RequestId,
+};
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+/// Control messages the connection forwards to a running exec.
+#[derive(Debug)]
+pub enum ExecControl {
+    Credit(u32),
+    Signal(i32),
+    Cancel,
+}
+
+/// After the main process exits, stop draining pipes held open by escaped
+/// descendants once they have been quiet this long (while credit is available).
+const DRAIN_IDLE: Duration = Duration::from_secs(2);
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds the shell for scripts: bash when present, else /bin/sh.
+fn script_shell() -> &'static str {
+    ["/bin/bash", "/usr/bin/bash"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/bin/sh")
+}
+
+fn build_command(spec: &ExecSpec) -> Result<Command, String> {
+    let mut cmd = match &spec.program {
+        Program::Argv(argv) => {
+            let (first, rest) = argv.split_first().ok_or("argv is empty")?;
+            let mut c = Command::new(OsStr::from_bytes(first));
+            c.args(rest.iter().map(|a| OsStr::from_bytes(a)));
+            c
+        }
+        Program::Script(script) => {
+            let mut c = Command::new(script_shell());
+            c.arg("-c").arg(OsStr::from_bytes(script));
+            c
+        }
+    };
+    cmd.env_clear().env("PATH", DEFAULT_PATH).env(
+        "HOME",
+        if spec.uid.unwrap_or(0) == 0 {
+            "/root"
+        } else {
+            "/"
+        },
+    );
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains(&b'=') {
+            return Err(format!(
+                "invalid environment variable name {:?}",
+                String::from_utf8_lossy(k)
+            ));
+        }
+        cmd.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
+    }
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(OsStr::from_bytes(cwd));
+    }
+    if let Some(gid) = spec.gid {
+        cmd.gid(gid);
+    }
+    if let Some(uid) = spec.uid {
+        cmd.uid(uid);
+    }
+    cmd.stdin(if spec.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setsid, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+fn program_name(spec: &ExecSpec) -> String {
+    match &spec.program {
+        Program::Argv(argv) => argv
+            .first()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_default(),
+        Program::Script(_) => script_shell().to_string(),
+    }
+}
+
+/// Kills the process group when the exec task ends early (client gone, task aborted).
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            kill_group(self.pgid, libc::SIGKILL);
+        }
+    }
+}
+
+fn receiver(fd: Option<impl Into<OwnedFd>>) -> Option<pipe::Receiver> {
+    let fd: OwnedFd = fd?.into();
+    match pipe::Receiver::from_owned_fd(fd) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register output pipe");
+            None
+        }
+    }
+}
+
+/// Runs the exec to completion, reporting through `out`.
+pub async fn run_exec(
+    id: RequestId,
+    spec: ExecSpec,
+    mut ctl: mpsc::UnboundedReceiver<ExecControl>,
+    out: Outbox,
+    reaper: Arc<Reaper>,
+) {
+    let mut cmd = match build_command(&spec) {
+        Ok(c) => c,
+        Err(message) => {
+            out.send(Message::Error {
+                id,
+                code: ErrorCode::BadRequest,
+                message,
+            })
+            .await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let (mut child, exit_rx) = match reaper.spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = format!("cannot start {:?}: {e}", program_name(&spec));
+            out.send(Message::Error {
+                id,
+                code: ErrorCode::SpawnFailed,
+                message,
+            })
+            .await;
+            return;
+        }
+    };
+    let pid = child.id();
+    let pgid = pid as i32;
+    let mut guard = GroupGuard { pgid, armed: true };
+    tracing::debug!(id, pid, "exec started");
+    if !out.send(Message::Started { id, pid }).await {
+        return;
+    }
+    if let (Some(data), Some(stdin)) = (spec.stdin, child.stdin.take()) {
+        match pipe::Sender::from_owned_fd(OwnedFd::from(stdin)) {
+            Ok(mut w) => {
+                tokio::spawn(async move {
+                    // EPIPE when the child does not read its stdin is fine.
+                    let _ = w.write_all(&data).await;
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register stdin pipe"),
+        }
+    }
+    let mut stdout = receiver(child.stdout.take());
+    let mut stderr = receiver(child.stderr.take());
+    let mut credit: u64 = u64::from(spec.window);
+    let deadline = spec
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let mut exit_rx = exit_rx;
+    let mut exited: Option<(ChildExit, Duration)> = None;
+    let (mut timed_out, mut cancelled) = (false, false);
+    let mut drain_deadline = tokio::time::Instant::now();
+    let mut buf_out = vec![0u8; MAX_CHUNK];
+    let mut buf_err = vec![0u8; MAX_CHUNK];
+    loop {
+        if exited.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        let want = credit.min(MAX_CHUNK as u64) as usize;
+        let timer_on = deadline.is_some() && exited.is_none() && !timed_out;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400);
+        tokio::select! {
+            r = read_some(&mut stdout, &mut buf_out[..want]), if stdout.is_some() && want > 0 => {
+                match r {
+                    Some(n) => {
+                        credit -= n as u64;
+                        drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
+                        let data = buf_out[..n].to_vec();
+                        if !out.send(Message::Output { id, stream: OutputStream::Stdout, data }).await { return; }
+                    }
+                    None => stdout = None,
+                }
+            }
+            r = read_some(&mut stderr, &mut buf_err[..want]), if stderr.is_some() && want > 0 => {
+                match r {
+                    Some(n) => {
+                        credit -= n as u64;
+                        drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
+                        let data = buf_err[..n].to_vec();
+                        if !out.send(Message::Output { id, stream: OutputStream::Stderr, data }).await { return; }
+                    }
+                    None => stderr = None,
+                }
+            }
+            c = ctl.recv() => match c {
+                Some(ExecControl::Credit(n)) => credit = credit.saturating_add(u64::from(n)),
+                Some(ExecControl::Signal(sig)) => kill_group(pgid, sig),
+                Some(ExecControl::Cancel) => {
+                    if exited.is_none() {
+                        cancelled = true;
+                        kill_group(pgid, libc::SIGKILL);
+                    }
+                }
+                None => {
+                    tracing::debug!(id, pid, "client gone; killing process group");
+                    return; // guard kills the group
+                }
+            },
+            r = &mut exit_rx, if exited.is_none() => {
+                let Ok(exit) = r else { return };
+                exited = Some((exit, started.elapsed()));
+                // Background jobs left in the group would hold the pipes open.
+                kill_group(pgid, libc::SIGKILL);
+                guard.armed = false;
+                drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if timer_on => {
+                timed_out = true;
+                kill_group(pgid, libc::SIGKILL);
+            }
+            _ = tokio::time::sleep_until(drain_deadline), if exited.is_some() && want > 0 => {
+                tracing::debug!(id, "output pipes stayed open after exit; closing them");
+                break;
+            }
+        }
+    }
+    let Some((exit, wall)) = exited else { return };
+    let info = ExitInfo {
+        status: exit.status,
+        wall_time_us: u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
+        peak_rss_kib: exit.peak_rss_kib,
+        timed_out,
+        cancelled,
+    };
+    tracing::debug!(id, pid, ?info, "exec finished");
+    out.send(Message::Exited { id, info }).await;
+}
+
+/// Reads once; `None` on EOF or error (the stream is finished either way).
+async fn read_some(r: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<usize> {
+    let r = r.as_mut()?;
+    match r.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}

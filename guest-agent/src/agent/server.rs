@@ -1,0 +1,287 @@
+//! The agent's server: accepts connections and multiplexes requests on each.
+//! One reader task decodes frames, a dispatcher routes them to per-request
+//! tasks, and one writer task (the outbox) sends every reply.
+
+use super::exec::{ExecControl, run_exec};
+use super::files::{FileControl, UploadCredit, new_upload_credit, run_get, run_put};
+use super::reaper::Reaper;
+use crate::outbox::Outbox;
+use crate::proto::{self, ErrorCode, Message, PROTOCOL_VERSION, RequestId};
+use crate::transport::{TransportError, read_message};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+/// What the agent does when a client asks it to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// sync, then power the machine off (PID 1 in a guest).
+    PowerOff,
+    /// sync, then exit the process (host mode).
+    Exit,
+}
+
+/// State shared by all connections.
+pub struct AgentState {
+    pub reaper: Arc<Reaper>,
+    pub shutdown_tx: mpsc::Sender<()>,
+}
+
+enum Active {
+    Exec(mpsc::UnboundedSender<ExecControl>),
+    Put(mpsc::UnboundedSender<FileControl>, UploadCredit),
+    Get(mpsc::UnboundedSender<FileControl>),
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection<S>(stream: S, state: Arc<AgentState>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (out, writer) = Outbox::new(wr);
+    let writer = tokio::spawn(writer);
+    out.send(Message::Hello(proto::hello(proto::AGENT_CAPABILITIES)))
+        .await;
+
+    match read_message(&mut rd).await {
+        Ok(Some(Message::Hello(h))) if h.protocol_version == PROTOCOL_VERSION => {
+            tracing::debug!(client = %h.software_version, "client connected");
+        }
+        Ok(Some(Message::Hello(h))) => {
+            let message = format!(
+                "protocol version mismatch: client speaks {}, agent speaks {PROTOCOL_VERSION}",
+                h.protocol_version
+            );
+            tracing::warn!("{message}");
+            out.send_flushed(Message::Error {
+                id: 0,
+                code: ErrorCode::VersionMismatch,
+                message,
+            })
+            .await;
+            return;
+        }
+        Ok(Some(other)) => {
+            let message = format!("expected hello, got message for request {}", other.id());
+            out.send_flushed(Message::Error {
+                id: 0,
+                code: ErrorCode::Protocol,
+                message,
+            })
+            .await;
+            return;
+        }
+        Ok(None) => return,
+        Err(e) => {
+            report_transport_error(&out, &e).await;
+            return;
+        }
+    }
+
+    // Reader task: decodes frames and hands them over; the channel bound keeps
+    // a fast client from queueing unbounded work.
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, TransportError>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_message(&mut rd).await;
+            let stop = !matches!(r, Ok(Some(_)));
+            let item = match r {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            if in_tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RequestId>();
+    let mut active: HashMap<RequestId, Active> = HashMap::new();
+    loop {
+        tokio::select! {
+            Some(id) = done_rx.recv() => { active.remove(&id); }
+            item = in_rx.recv() => match item {
+                None => break,
+                Some(Err(e)) => {
+                    report_transport_error(&out, &e).await;
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    if !dispatch(msg, &mut active, &out, &state, &done_tx).await {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    // Dropping the control senders makes every request task stop; exec tasks
+    // kill their process groups.
+    drop(active);
+    reader.abort();
+    drop(out);
+    let _ = writer.await;
+    tracing::debug!("connection closed");
+}
+
+async fn report_transport_error(out: &Outbox, e: &TransportError) {
+    tracing::warn!(error = %e, "bad input from client; closing connection");
+    if !matches!(e, TransportError::Io(_)) {
+        let message = e.to_string();
+        out.send_flushed(Message::Error {
+            id: 0,
+            code: ErrorCode::Protocol,
+            message,
+        })
+        .await;
+    }
+}
+
+fn spawn_request<F>(id: RequestId, done: &mpsc::UnboundedSender<RequestId>, fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let done = done.clone();
+    tokio::spawn(async move {
+        fut.await;
+        let _ = done.send(id);
+    });
+}
+
+/// Routes one message. Returns false when the connection must close.
+async fn dispatch(
+    msg: Message,
+    active: &mut HashMap<RequestId, Active>,
+    out: &Outbox,
+    state: &Arc<AgentState>,
+    done: &mpsc::UnboundedSender<RequestId>,
+) -> bool {
+    let id = msg.id();
+    let starts_request = matches!(
+        msg,
+        Message::Exec { .. } | Message::PutFiles { .. } | Message::GetFiles { .. }
+    );
+    if starts_request && active.contains_key(&id) {
+        let message = format!("request id {id} is already in use");
+        return out
+            .send(Message::Error {
+                id,
+                code: ErrorCode::DuplicateRequest,
+                message,
+            })
+            .await;
+    }
+    match msg {
+        Message::Exec { id, spec } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            active.insert(id, Active::Exec(tx));
+            spawn_request(
+                id,
+                done,
+                run_exec(id, spec, rx, out.clone(), Arc::clone(&state.reaper)),
+            );
+        }
+        Message::PutFiles { id, dest } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let credit = new_upload_credit();
+            active.insert(id, Active::Put(tx, Arc::clone(&credit)));
+            spawn_request(id, done, run_put(id, dest, credit, rx, out.clone()));
+        }
+        Message::GetFiles { id, path, window } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            active.insert(id, Active::Get(tx));
+            spawn_request(id, done, run_get(id, path, window, rx, out.clone()));
+        }
+        Message::Credit { id, bytes } => match active.get(&id) {
+            Some(Active::Exec(tx)) => {
+                let _ = tx.send(ExecControl::Credit(bytes));
+            }
+            Some(Active::Get(tx)) => {
+                let _ = tx.send(FileControl::Credit(bytes));
+            }
+            _ => tracing::trace!(id, "credit for finished request ignored"),
+        },
+        Message::Signal { id, signal } => match active.get(&id) {
+            Some(Active::Exec(tx)) => {
+                let _ = tx.send(ExecControl::Signal(signal));
+            }
+            _ => tracing::debug!(id, "signal for unknown or non-exec request ignored"),
+        },
+        Message::Cancel { id } => match active.get(&id) {
+            Some(Active::Exec(tx)) => {
+                let _ = tx.send(ExecControl::Cancel);
+            }
+            Some(Active::Put(tx, _)) | Some(Active::Get(tx)) => {
+                let _ = tx.send(FileControl::Cancel);
+            }
+            None => tracing::debug!(id, "cancel for finished request ignored"),
+        },
+        Message::FileChunk { id, data } => match active.get(&id) {
+            Some(Active::Put(tx, credit)) => {
+                let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
+                if credit.fetch_sub(len, Ordering::SeqCst) < len {
+                    let message = "upload exceeded the granted credit window".to_string();
+                    let _ = tx.send(FileControl::Cancel);
+                    active.remove(&id);
+                    return out
+                        .send(Message::Error {
+                            id,
+                            code: ErrorCode::Protocol,
+                            message,
+                        })
+                        .await;
+                }
+                let _ = tx.send(FileControl::Chunk(data));
+            }
+            _ => return unknown(out, id).await,
+        },
+        Message::FileEnd { id } => match active.get(&id) {
+            Some(Active::Put(tx, _)) => {
+                let _ = tx.send(FileControl::End);
+            }
+            _ => return unknown(out, id).await,
+        },
+        Message::Ping { id } => return out.send(Message::Pong { id }).await,
+        Message::Shutdown { id } => {
+            tracing::info!("shutdown requested");
+            out.send_flushed(Message::Done { id }).await;
+            let _ = state.shutdown_tx.send(()).await;
+            return false;
+        }
+        Message::Hello(_) => {
+            let message = "hello sent twice".to_string();
+            return out
+                .send(Message::Error {
+                    id: 0,
+                    code: ErrorCode::Protocol,
+                    message,
+                })
+                .await;
+        }
+        other => {
+            let message = format!("message {other:?} is not a request the agent accepts");
+            let message: String = message.chars().take(200).collect();
+            return out
+                .send(Message::Error {
+                    id,
+                    code: ErrorCode::Protocol,
+                    message,
+                })
+                .await;
+        }
+    }
+    true
+}
+
+async fn unknown(out: &Outbox, id: RequestId) -> bool {
+    let message = format!("no active upload with request id {id}");
+    out.send(Message::Error {
+        id,
+        code: ErrorCode::UnknownRequest,
+        message,
+    })
+    .await
+}

@@ -1,0 +1,146 @@
+//! File transfer from the host side: upload a local tree into the guest and
+//! download a guest tree into a local directory, both as streamed tar with
+//! credit-based flow control. Downloads are extracted with the same
+//! escape-refusing extractor the agent uses: the guest is not trusted.
+
+use super::{Client, ClientError, unexpected};
+use crate::archive::{ChunkReader, ChunkWriter, ExtractStats, extract_tar, pack_tree};
+use crate::proto::{DEFAULT_WINDOW, Message, RequestId};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use tokio::sync::mpsc;
+
+/// Unregisters a request when the transfer ends, however it ends.
+struct RouteGuard<'a> {
+    client: &'a Client,
+    id: RequestId,
+}
+
+impl Drop for RouteGuard<'_> {
+    fn drop(&mut self) {
+        self.client.unregister(self.id);
+    }
+}
+
+impl Client {
+    /// Uploads `local` (a directory's contents, or one file) into the guest
+    /// directory `dest` (absolute; created if missing).
+    pub async fn put_files(&self, local: &Path, dest: &str) -> Result<(), ClientError> {
+        let (id, mut rx) = self.register(None);
+        let _guard = RouteGuard { client: self, id };
+        self.send(Message::PutFiles {
+            id,
+            dest: dest.as_bytes().to_vec(),
+        })
+        .await?;
+        let (tx, mut chunks) = mpsc::channel::<Vec<u8>>(4);
+        let local = local.to_path_buf();
+        let packing = tokio::task::spawn_blocking(move || pack_tree(&local, ChunkWriter::new(tx)));
+        let mut credit: u64 = 0;
+        while let Some(mut chunk) = chunks.recv().await {
+            while !chunk.is_empty() {
+                while credit == 0 {
+                    match self.recv(&mut rx).await? {
+                        Message::Credit { bytes, .. } => credit += u64::from(bytes),
+                        other => return Err(self.abort(id, other).await),
+                    }
+                }
+                let rest = chunk.split_off(chunk.len().min(credit as usize));
+                credit -= chunk.len() as u64;
+                self.send(Message::FileChunk { id, data: chunk }).await?;
+                chunk = rest;
+            }
+            // Notice an early refusal without waiting for the whole upload.
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Message::Credit { bytes, .. } => credit += u64::from(bytes),
+                    other => return Err(self.abort(id, other).await),
+                }
+            }
+        }
+        let packed = packing
+            .await
+            .map_err(|e| ClientError::InvalidRequest(format!("packing task failed: {e}")))?;
+        if let Err(e) = packed {
+            self.send(Message::Cancel { id }).await?;
+            return Err(e.into());
+        }
+        self.send(Message::FileEnd { id }).await?;
+        loop {
+            match self.recv(&mut rx).await? {
+                Message::Credit { .. } => {}
+                Message::Done { .. } => return Ok(()),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Cancels a transfer after an unexpected message and returns its error.
+    async fn abort(&self, id: RequestId, m: Message) -> ClientError {
+        let _ = self.send(Message::Cancel { id }).await;
+        unexpected(m)
+    }
+
+    /// Downloads the guest path `remote` (file or directory) into the local
+    /// directory `local_dest`, refusing entries that would escape it.
+    pub async fn get_files(
+        &self,
+        remote: &str,
+        local_dest: &Path,
+    ) -> Result<ExtractStats, ClientError> {
+        let window = DEFAULT_WINDOW;
+        let credit = Arc::new(AtomicI64::new(i64::from(window)));
+        let (id, mut rx) = self.register(Some(Arc::clone(&credit)));
+        let _guard = RouteGuard { client: self, id };
+        self.send(Message::GetFiles {
+            id,
+            path: remote.as_bytes().to_vec(),
+            window,
+        })
+        .await?;
+        let (tx, chunks) = mpsc::channel::<Vec<u8>>(64);
+        let out = self.inner.out.clone();
+        let on_consumed = Box::new(move |n: usize| {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            credit.fetch_add(i64::from(n), Ordering::SeqCst);
+            out.blocking_send(Message::Credit { id, bytes: n });
+        });
+        let dest = local_dest.to_path_buf();
+        let extraction = tokio::task::spawn_blocking(move || {
+            extract_tar(ChunkReader::new(chunks, on_consumed), &dest)
+        });
+        let mut tx = Some(tx);
+        let mut failure = None;
+        loop {
+            match self.recv(&mut rx).await {
+                Ok(Message::FileChunk { data, .. }) => {
+                    if let Some(t) = &tx {
+                        if t.send(data).await.is_err() {
+                            tx = None; // extraction stopped early; its error follows
+                            let _ = self.send(Message::Cancel { id }).await;
+                            break;
+                        }
+                    }
+                }
+                Ok(Message::FileEnd { .. }) => break,
+                Ok(other) => {
+                    failure = Some(unexpected(other));
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let extracted = extraction
+            .await
+            .map_err(|e| ClientError::InvalidRequest(format!("extraction task failed: {e}")))?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        Ok(extracted?)
+    }
+}

@@ -1,0 +1,269 @@
+//! Async host client: handshake, then many concurrent requests over one
+//! connection. A reader task routes incoming frames to per-request channels
+//! and enforces the credit windows, so a flooding agent cannot grow host memory.
+
+mod connect;
+mod exec;
+mod files;
+
+pub use connect::{connect, connect_unix, connect_vsock};
+pub use exec::{ExecEvent, ExecHandle, ExecOutput, ExecStream};
+
+use crate::archive::ArchiveError;
+use crate::outbox::Outbox;
+use crate::proto::{self, ErrorCode, Hello, Message, PROTOCOL_VERSION, RequestId};
+use crate::transport::{TransportError, read_message};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+/// Errors seen by the host client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad agent address {0:?}: expected unix:PATH or vsock:CID:PORT")]
+    BadAddress(String),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("protocol version mismatch: agent speaks {agent}, this client speaks {client}")]
+    VersionMismatch { agent: u16, client: u16 },
+    #[error("agent reported {code:?}: {message}")]
+    Agent { code: ErrorCode, message: String },
+    #[error("connection to the agent closed: {0}")]
+    ConnectionClosed(String),
+    #[error("protocol violation by the agent: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("file transfer: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// Capabilities the client announces.
+pub const CLIENT_CAPABILITIES: &[&str] = &["flow-control"];
+
+struct Route {
+    tx: mpsc::UnboundedSender<Message>,
+    /// Bytes the agent may still send (Output / FileChunk); None when untracked.
+    credit: Option<Arc<AtomicI64>>,
+}
+
+struct Inner {
+    out: Outbox,
+    routes: Mutex<HashMap<RequestId, Route>>,
+    next_id: AtomicU32,
+    agent: Hello,
+    closed: Mutex<Option<String>>,
+}
+
+/// A connection to an agent. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Performs the handshake over `stream` and starts the connection tasks.
+    pub async fn handshake<S>(stream: S) -> Result<Client, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let (out, writer) = Outbox::new(wr);
+        tokio::spawn(async move {
+            if let Err(e) = writer.await {
+                tracing::debug!(error = %e, "client writer stopped");
+            }
+        });
+        let mut ours = proto::hello(CLIENT_CAPABILITIES);
+        ours.software_version = format!("hearth-client/{}", proto::AGENT_VERSION);
+        out.send(Message::Hello(ours)).await;
+        let agent = match read_message(&mut rd).await? {
+            Some(Message::Hello(h)) => h,
+            Some(Message::Error { message, .. }) => return Err(ClientError::Handshake(message)),
+            Some(other) => {
+                return Err(ClientError::Handshake(format!(
+                    "expected hello, got {:?}",
+                    other.id()
+                )));
+            }
+            None => return Err(ClientError::Handshake("agent closed the connection".into())),
+        };
+        if agent.protocol_version != PROTOCOL_VERSION {
+            return Err(ClientError::VersionMismatch {
+                agent: agent.protocol_version,
+                client: PROTOCOL_VERSION,
+            });
+        }
+        tracing::debug!(agent = %agent.software_version, caps = ?agent.capabilities, "connected to agent");
+        let inner = Arc::new(Inner {
+            out,
+            routes: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            agent,
+            closed: Mutex::new(None),
+        });
+        let reader_inner = Arc::clone(&inner);
+        tokio::spawn(async move { read_loop(rd, reader_inner).await });
+        Ok(Client { inner })
+    }
+
+    /// The agent's hello (version and capabilities).
+    pub fn agent_hello(&self) -> &Hello {
+        &self.inner.agent
+    }
+
+    fn routes(&self) -> MutexGuard<'_, HashMap<RequestId, Route>> {
+        self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Allocates a request id and its channel.
+    fn register(
+        &self,
+        credit: Option<Arc<AtomicI64>>,
+    ) -> (RequestId, mpsc::UnboundedReceiver<Message>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut routes = self.routes();
+        let mut id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        while id == 0 || routes.contains_key(&id) {
+            id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        }
+        routes.insert(id, Route { tx, credit });
+        (id, rx)
+    }
+
+    fn unregister(&self, id: RequestId) {
+        self.routes().remove(&id);
+    }
+
+    async fn send(&self, m: Message) -> Result<(), ClientError> {
+        if self.inner.out.send(m).await {
+            Ok(())
+        } else {
+            Err(self.closed_error())
+        }
+    }
+
+    fn closed_error(&self) -> ClientError {
+        let reason = self
+            .inner
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ClientError::ConnectionClosed(reason.unwrap_or_else(|| "connection lost".into()))
+    }
+
+    /// Waits for the next message of a request; a closed channel means the
+    /// connection is gone.
+    async fn recv(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> Result<Message, ClientError> {
+        rx.recv().await.ok_or_else(|| self.closed_error())
+    }
+
+    /// Round-trips a ping.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        let (id, mut rx) = self.register(None);
+        let r = async {
+            self.send(Message::Ping { id }).await?;
+            match self.recv(&mut rx).await? {
+                Message::Pong { .. } => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        }
+        .await;
+        self.unregister(id);
+        r
+    }
+
+    /// Asks the agent to sync and power off (or exit, on the host).
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        let (id, mut rx) = self.register(None);
+        self.send(Message::Shutdown { id }).await?;
+        let r = match rx.recv().await {
+            Some(Message::Done { .. }) | None => Ok(()),
+            Some(other) => Err(unexpected(other)),
+        };
+        self.unregister(id);
+        r
+    }
+}
+
+/// Turns an unexpected message into the right error.
+fn unexpected(m: Message) -> ClientError {
+    match m {
+        Message::Error { code, message, .. } => ClientError::Agent { code, message },
+        other => {
+            let text: String = format!("{other:?}").chars().take(120).collect();
+            ClientError::Protocol(format!("unexpected message {text}"))
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: Arc<Inner>) {
+    let reason = loop {
+        let msg = match read_message(&mut rd).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break "agent closed the connection".to_string(),
+            Err(e) => break format!("reading from agent: {e}"),
+        };
+        let id = msg.id();
+        if id == 0 {
+            break match msg {
+                Message::Error { code, message, .. } => format!("agent error {code:?}: {message}"),
+                other => format!("unexpected connection-level message {other:?}"),
+            };
+        }
+        let charge = match &msg {
+            Message::Output { data, .. } | Message::FileChunk { data, .. } => data.len(),
+            _ => 0,
+        };
+        let mut violation = false;
+        {
+            let mut routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(route) = routes.get(&id) else {
+                tracing::trace!(id, "message for a finished request dropped");
+                continue;
+            };
+            if charge > 0 {
+                if let Some(credit) = &route.credit {
+                    let charge = i64::try_from(charge).unwrap_or(i64::MAX);
+                    violation = credit.fetch_sub(charge, Ordering::SeqCst) < charge;
+                }
+            }
+            if violation {
+                let message = "agent sent more data than the credit window allows".to_string();
+                let _ = route.tx.send(Message::Error {
+                    id,
+                    code: ErrorCode::Protocol,
+                    message,
+                });
+                routes.remove(&id);
+            } else {
+                let _ = route.tx.send(msg);
+            }
+        }
+        if violation {
+            tracing::warn!(id, "agent exceeded credit; cancelling request");
+            inner.out.send(Message::Cancel { id }).await;
+        }
+    };
+    tracing::debug!(%reason, "client connection ended");
+    *inner.closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    inner
+        .routes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+}

@@ -1,0 +1,131 @@
+//! hearth-agent: the guest agent. As PID 1 it sets up the guest and listens
+//! on vsock; with `--listen unix:PATH` it runs as an ordinary host process.
+
+use hearth_agent::agent::cmdline::{GuestConfig, parse_cmdline};
+use hearth_agent::agent::server::ShutdownMode;
+use hearth_agent::agent::{ListenAddr, init, net, ready, serve};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: hearth-agent [--listen vsock:PORT | unix:PATH]\n\
+As PID 1 it reads hearth.* settings from the kernel command line.";
+
+fn parse_args() -> Result<Option<ListenAddr>, String> {
+    let mut args = std::env::args().skip(1);
+    let mut listen = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = Some(args.next().ok_or("--listen needs a value")?.parse()?),
+            s if s.starts_with("--listen=") => listen = Some(s["--listen=".len()..].parse()?),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(listen)
+}
+
+/// Guest set-up as PID 1. Errors are logged, never fatal: an agent that can
+/// answer is more useful than a kernel panic.
+fn init_guest() -> GuestConfig {
+    let early_cmdline = std::fs::read_to_string("/proc/cmdline").ok();
+    let overlay_wanted = early_cmdline
+        .as_deref()
+        .is_none_or(|c| c.contains("hearth.overlay=tmpfs"));
+    if overlay_wanted {
+        // /proc may not be mounted yet: mount it just to read the command line.
+        let _ = init::mount("proc", "/proc", "proc", 0, None);
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        // SAFETY: umount2 takes a valid NUL-terminated path literal.
+        unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) };
+        if cmdline.contains("hearth.overlay=tmpfs") {
+            if let Err(e) = init::overlay_root() {
+                tracing::error!(error = %e, "overlay root failed; continuing on the plain root");
+            }
+        }
+    }
+    init::standard_mounts();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cfg = parse_cmdline(&cmdline).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "using defaults");
+        GuestConfig::default()
+    });
+    if let Err(e) = net::link_up("lo") {
+        tracing::warn!(error = %e, "loopback");
+    }
+    if let Some(n) = &cfg.net {
+        if let Err(e) = net::configure("eth0", n) {
+            tracing::error!(error = %e, "eth0");
+        }
+    }
+    if let Some(dns) = cfg.dns {
+        if let Err(e) = init::write_resolv_conf(dns) {
+            tracing::warn!(error = %e, "dns");
+        }
+    }
+    if let Some(dev) = &cfg.work_device {
+        if let Err(e) = init::mount_workspace(dev) {
+            tracing::error!(error = %e, "workspace");
+        }
+    }
+    cfg
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEARTH_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let listen = match parse_args() {
+        Ok(l) => l,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let pid1 = std::process::id() == 1;
+    let cfg = if pid1 {
+        init_guest()
+    } else {
+        GuestConfig::default()
+    };
+    let addr = listen.unwrap_or(ListenAddr::Vsock(cfg.port));
+    let mode = if pid1 {
+        ShutdownMode::PowerOff
+    } else {
+        ShutdownMode::Exit
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ready_port = cfg.ready_pio_port;
+    let result = runtime.block_on(serve(addr, mode, move || {
+        if let Some(port) = ready_port {
+            match ready::signal_ready(port) {
+                Ok(()) => tracing::debug!(port, "ready signalled"),
+                Err(e) => tracing::warn!(error = %e, "ready signal failed"),
+            }
+        }
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "agent stopped");
+            if pid1 {
+                // Returning from PID 1 panics the kernel; power off instead.
+                let e = init::power_off();
+                tracing::error!(error = %e, "power off failed");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Protocol constants: version, magic and size limits.
+
+/// Version of the wire protocol. Both sides must announce the same version.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Magic bytes at the start of every `Hello` body.
+pub const MAGIC: [u8; 4] = *b"HRTH";
+
+/// Largest frame payload (kind + request id + body) accepted by the decoder.
+/// A length prefix above this is rejected before anything is allocated.
+pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+
+/// Size of the length prefix in front of every frame.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// Largest data chunk (output, file data) a sender puts in one frame.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Largest stdin payload that fits in an `Exec` request (leaves room for argv/env).
+pub const MAX_STDIN: usize = MAX_FRAME_PAYLOAD / 2;
+
+/// Default credit window (bytes of output in flight per request) used by the client.
+pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
+
+/// Credit window the agent grants for an upload (`PutFiles`).
+pub const PUT_WINDOW: u32 = 1024 * 1024;
+
+/// Agent version string (the crate version).
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
