@@ -6,6 +6,7 @@
 use super::{Client, ClientError, unexpected};
 use crate::archive::{ChunkReader, ChunkWriter, ExtractStats, extract_tar, pack_tree};
 use crate::proto::{DEFAULT_WINDOW, Message, RequestId};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,6 +28,32 @@ impl Client {
     /// Uploads `local` (a directory's contents, or one file) into the guest
     /// directory `dest` (absolute; created if missing).
     pub async fn put_files(&self, local: &Path, dest: &str) -> Result<(), ClientError> {
+        let local = local.to_path_buf();
+        self.upload(dest, move |w| {
+            pack_tree(&local, w).map_err(ClientError::from)
+        })
+        .await
+    }
+
+    /// Uploads an already-built tar stream (read on a blocking thread) into
+    /// the guest directory `dest`.
+    pub async fn put_tar<R: Read + Send + 'static>(
+        &self,
+        mut tar: R,
+        dest: &str,
+    ) -> Result<(), ClientError> {
+        self.upload(dest, move |mut w| {
+            std::io::copy(&mut tar, &mut w)
+                .map(drop)
+                .map_err(|e| ClientError::InvalidRequest(format!("reading the tar stream: {e}")))
+        })
+        .await
+    }
+
+    async fn upload<F>(&self, dest: &str, produce: F) -> Result<(), ClientError>
+    where
+        F: FnOnce(ChunkWriter) -> Result<(), ClientError> + Send + 'static,
+    {
         let (id, mut rx) = self.register(None);
         let _guard = RouteGuard { client: self, id };
         self.send(Message::PutFiles {
@@ -35,8 +62,7 @@ impl Client {
         })
         .await?;
         let (tx, mut chunks) = mpsc::channel::<Vec<u8>>(4);
-        let local = local.to_path_buf();
-        let packing = tokio::task::spawn_blocking(move || pack_tree(&local, ChunkWriter::new(tx)));
+        let producing = tokio::task::spawn_blocking(move || produce(ChunkWriter::new(tx)));
         let mut credit: u64 = 0;
         while let Some(mut chunk) = chunks.recv().await {
             while !chunk.is_empty() {
@@ -59,12 +85,12 @@ impl Client {
                 }
             }
         }
-        let packed = packing
+        let produced = producing
             .await
-            .map_err(|e| ClientError::InvalidRequest(format!("packing task failed: {e}")))?;
-        if let Err(e) = packed {
+            .map_err(|e| ClientError::InvalidRequest(format!("tar producer task failed: {e}")))?;
+        if let Err(e) = produced {
             self.send(Message::Cancel { id }).await?;
-            return Err(e.into());
+            return Err(e);
         }
         self.send(Message::FileEnd { id }).await?;
         loop {

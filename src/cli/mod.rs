@@ -1,0 +1,31 @@
+//! Command-line interface: one module per subcommand.
+
+mod exec;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// hearth: run commands in minimal KVM sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command through a guest agent and stream its output.
+    Exec(exec::ExecArgs),
+}
+
+/// Runs the chosen subcommand; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Exec(args) => runtime.block_on(exec::run(args)),
+    }
+}
