@@ -1,3 +1,224 @@
 //! hearth-vmm: boots a minimal Linux guest in-process on KVM, built on rust-vmm crates.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), hearth_vmm::VmError> {
+//! let mut vm = hearth_vmm::VmBuilder::new()
+//!     .kernel("vmlinux")
+//!     .rootfs("rootfs.ext4", true)
+//!     .memory_mib(256)
+//!     .start()?;
+//! vm.wait_ready(std::time::Duration::from_secs(10))?;
+//! println!("{}", vm.timings());
+//! vm.kill();
+//! # Ok(()) }
+//! ```
 
+pub mod arch;
+mod builder;
+pub mod device_manager;
 pub mod devices;
+pub mod event_loop;
+pub mod timings;
+pub mod vstate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use builder::VmBuilder;
+pub use timings::BootTimings;
+
+use crate::devices::console::ConsoleTail;
+use crate::devices::virtio::GuestMemory;
+use crate::vstate::control::VmControl;
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (or halted).
+    PowerOff,
+    /// The guest rebooted (i8042 reset or KVM reset event).
+    Reset,
+    /// The guest kernel panicked; the panic line from the console.
+    Panic(String),
+    /// A triple fault (KVM_EXIT_SHUTDOWN).
+    TripleFault,
+    /// The host asked the VM to stop.
+    Killed,
+    /// The VM's deadline passed.
+    DeadlineExceeded,
+    /// A VMM-side error (unhandled exit, KVM failure).
+    Error(String),
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::PowerOff => write!(f, "guest powered off"),
+            VmExit::Reset => write!(f, "guest reset"),
+            VmExit::Panic(m) => write!(f, "guest kernel panic: {m}"),
+            VmExit::TripleFault => write!(f, "guest triple fault"),
+            VmExit::Killed => write!(f, "killed by the host"),
+            VmExit::DeadlineExceeded => write!(f, "deadline exceeded"),
+            VmExit::Error(m) => write!(f, "VMM error: {m}"),
+        }
+    }
+}
+
+/// Errors building or driving a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The builder is missing something or has an invalid value.
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+    /// Guest memory could not be allocated.
+    #[error("allocating guest memory: {0}")]
+    Memory(String),
+    /// KVM VM creation failed.
+    #[error(transparent)]
+    Kvm(#[from] vstate::vm::VmError),
+    /// Kernel loading or boot information failed.
+    #[error(transparent)]
+    Boot(#[from] arch::x86_64::boot::BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] arch::x86_64::mptable::MptableError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] vstate::vcpu::VcpuError),
+    /// A device could not be attached.
+    #[error(transparent)]
+    Device(#[from] device_manager::DeviceError),
+    /// A disk could not be opened.
+    #[error(transparent)]
+    Block(#[from] devices::virtio::block::BlockError),
+    /// The event loop could not start.
+    #[error(transparent)]
+    EventLoop(#[from] event_loop::EventLoopError),
+    /// Reading CPUID from KVM failed.
+    #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
+    Cpuid(#[source] kvm_ioctls::Error),
+    /// A file (console log) could not be created.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// What the file is.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("creating eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// The VM stopped before the agent became ready.
+    #[error("VM stopped before the agent was ready: {exit}")]
+    ExitedBeforeReady {
+        /// Why it stopped.
+        exit: VmExit,
+    },
+    /// The agent did not signal readiness in time.
+    #[error("agent not ready after {0:?}")]
+    ReadyTimeout(Duration),
+}
+
+/// A running VM. Dropping it kills the VM and joins its threads.
+pub struct Vm {
+    control: Arc<VmControl>,
+    vcpus: Vec<JoinHandle<()>>,
+    event_loop: Option<JoinHandle<()>>,
+    process_start: Option<Instant>,
+    build_start: Instant,
+    console_log: Option<PathBuf>,
+    console_tail: ConsoleTail,
+    // Dropped after the threads are joined (field order): the KVM VM, then guest memory.
+    _kvm: Option<vstate::vm::KvmVm>,
+    _mem: GuestMemory,
+}
+
+impl Vm {
+    /// Blocks until the agent signals readiness; returns the time from `start()`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Duration, VmError> {
+        match self.control.wait_ready(timeout) {
+            Ok(t) => Ok(t.saturating_duration_since(self.build_start)),
+            Err(Some(exit)) => Err(VmError::ExitedBeforeReady { exit }),
+            Err(None) => Err(VmError::ReadyTimeout(timeout)),
+        }
+    }
+
+    /// True once the agent signalled readiness.
+    pub fn is_ready(&self) -> bool {
+        self.control.stamps().agent_ready.is_some()
+    }
+
+    /// The exit reason, if the VM has stopped (or is stopping).
+    pub fn exit(&self) -> Option<VmExit> {
+        self.control.exit()
+    }
+
+    /// Blocks until the VM stops, then joins its threads.
+    pub fn wait(&mut self) -> VmExit {
+        let exit = self.control.wait_exit(None).unwrap_or(VmExit::Killed);
+        self.join_threads();
+        exit
+    }
+
+    /// Like [`Vm::wait`] with a timeout; `None` if the VM is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<VmExit> {
+        let exit = self.control.wait_exit(Some(timeout))?;
+        self.join_threads();
+        Some(exit)
+    }
+
+    /// Stops the VM (if still running) and returns why it stopped.
+    pub fn kill(&mut self) -> VmExit {
+        self.control.request_exit(VmExit::Killed);
+        self.join_threads();
+        self.control.exit().unwrap_or(VmExit::Killed)
+    }
+
+    /// Boot-phase timings so far.
+    pub fn timings(&self) -> BootTimings {
+        BootTimings::from_stamps(self.process_start, self.build_start, &self.control.stamps())
+    }
+
+    /// The console log file, if one was configured.
+    pub fn console_log_path(&self) -> Option<&Path> {
+        self.console_log.as_deref()
+    }
+
+    /// The last 16 KiB of console output.
+    pub fn console_tail(&self) -> String {
+        self.console_tail.snapshot()
+    }
+
+    fn join_threads(&mut self) {
+        // vCPUs may sit in KVM_RUN: kick until each thread has left its loop.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while self.vcpus.iter().any(|h| !h.is_finished()) && Instant::now() < give_up {
+            for h in self.vcpus.iter().filter(|h| !h.is_finished()) {
+                vstate::vcpu::kick(h);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for h in self.vcpus.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        if let Some(h) = self.event_loop.take()
+            && h.join().is_err()
+        {
+            tracing::error!("the event loop thread panicked");
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.control.request_exit(VmExit::Killed);
+        self.join_threads();
+    }
+}

@@ -3,6 +3,9 @@
 //! This module is the contract between the transport (`mmio`) and the devices (`block`, `vsock`):
 //! the interrupt trigger, the activation arguments and the [`VirtioDevice`] trait.
 
+pub mod block;
+pub mod mmio;
+
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 

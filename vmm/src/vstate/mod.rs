@@ -1,0 +1,5 @@
+//! The KVM objects: the VM (memory slots, irqchip, PIT), the vCPUs, and shared lifecycle state.
+
+pub mod control;
+pub mod vcpu;
+pub mod vm;
