@@ -6,6 +6,8 @@
 pub mod block;
 pub mod mmio;
 
+pub mod vsock;
+
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 

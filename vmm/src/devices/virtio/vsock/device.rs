@@ -1,0 +1,287 @@
+//! The virtio-vsock device: virtio glue and event-loop integration around the [`Muxer`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::backend::VsockHandle;
+use super::muxer::Muxer;
+use super::shared::BackendShared;
+use super::{VsockError, packet::HOST_CID};
+use crate::devices::virtio::{
+    ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    VirtioDevice,
+};
+/// Queue indices.
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+pub const NUM_QUEUES: usize = 3;
+/// Maximum size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Event-loop tokens (the queue tokens are the queue indices).
+const TOKEN_CONTROL: u32 = 100;
+const TOKEN_BACKEND: u32 = 101;
+
+struct Active {
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    irq: Arc<IrqTrigger>,
+}
+
+/// The vsock device (guest side of the transport). Create it with [`Vsock::new`], put it behind
+/// the virtio-mmio transport, and add the same `Arc<Mutex<_>>` to the VMM's `EventManager`.
+pub struct Vsock {
+    guest_cid: u64,
+    queue_sizes: [u16; NUM_QUEUES],
+    acked_features: u64,
+    /// Signalled by `activate`/`reset` (vCPU thread) so the event loop (un)registers queues.
+    control_evt: EventFd,
+    backend: Arc<BackendShared>,
+    pending_activation: Option<ActivateArgs>,
+    active: Option<Active>,
+    /// Queue eventfds of a reset device, to be removed from the event loop.
+    stale_evts: Vec<EventFd>,
+    muxer: Muxer,
+}
+
+impl std::fmt::Debug for Vsock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vsock")
+            .field("guest_cid", &self.guest_cid)
+            .field("active", &self.active.is_some())
+            .field("connections", &self.muxer.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vsock {
+    /// A vsock device for a guest with CID `guest_cid` (3 ..= u32::MAX - 1), plus the handle the
+    /// host uses to open and accept connections.
+    pub fn new(guest_cid: u64) -> Result<(Vsock, VsockHandle), VsockError> {
+        if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::InvalidCid { cid: guest_cid });
+        }
+        let backend = BackendShared::new()?;
+        let device = Vsock {
+            guest_cid,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            acked_features: 0,
+            control_evt: EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?,
+            backend: backend.clone(),
+            pending_activation: None,
+            active: None,
+            stale_evts: Vec::new(),
+            muxer: Muxer::new(guest_cid, backend.clone()),
+        };
+        Ok((device, VsockHandle::new(backend)))
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// Another handle to this device's backend.
+    pub fn handle(&self) -> VsockHandle {
+        VsockHandle::new(self.backend.clone())
+    }
+
+    /// Live connections (all states).
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// Whether the driver activated the device and the event loop took over its queues.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn signal_interrupt(active: &Active) {
+        if let Err(e) = active.irq.trigger(IrqKind::Vring) {
+            tracing::warn!(error = %e, "vsock: failed to signal the used-ring interrupt");
+        }
+    }
+
+    /// Put owed packets into the RX queue.
+    fn run_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if !self.muxer.has_rx_work() {
+            return;
+        }
+        let used = self
+            .muxer
+            .process_rx(&active.mem, &mut active.queues[RX_QUEUE]);
+        if used > 0 {
+            Self::signal_interrupt(active);
+        }
+    }
+
+    /// Consume the TX queue, then answer whatever that produced.
+    fn run_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let used = self
+            .muxer
+            .process_tx(&active.mem, &mut active.queues[TX_QUEUE]);
+        if used > 0 {
+            Self::signal_interrupt(active);
+        }
+        self.run_rx();
+    }
+
+    fn finish_activation(&mut self, args: ActivateArgs, ops: &mut EventOps) {
+        for (index, evt) in args.queue_evts.iter().enumerate() {
+            // index < NUM_QUEUES, checked in `activate`.
+            let events = Events::with_data(evt, index as u32, EventSet::IN);
+            if let Err(e) = ops.add(events) {
+                tracing::error!(queue = index, error = ?e, "vsock: cannot register queue eventfd");
+            }
+        }
+        self.acked_features = args.acked_features;
+        self.active = Some(Active {
+            mem: args.mem,
+            queues: args.queues,
+            queue_evts: args.queue_evts,
+            irq: args.irq,
+        });
+        tracing::debug!(cid = self.guest_cid, "vsock: activated");
+        // Anything the host asked for before the driver came up, and anything the guest queued.
+        self.muxer.process_commands();
+        self.run_tx();
+    }
+
+    fn drain(evt: &EventFd, what: &str) {
+        if let Err(e) = evt.read()
+            && e.kind() != std::io::ErrorKind::WouldBlock
+        {
+            tracing::warn!(error = %e, "vsock: reading {what} eventfd failed");
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    /// Config space: `guest_cid` as le64.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset.checked_add(i as u64);
+            *byte = at
+                .and_then(|a| usize::try_from(a).ok())
+                .and_then(|a| config.get(a).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::warn!(
+            offset,
+            len = data.len(),
+            "vsock: ignoring write to read-only config space"
+        );
+    }
+
+    fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError> {
+        if args.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::BadQueueCount {
+                expected: NUM_QUEUES,
+                got: args.queues.len(),
+            });
+        }
+        if args.queue_evts.len() != NUM_QUEUES {
+            return Err(ActivateError::BadQueueCount {
+                expected: NUM_QUEUES,
+                got: args.queue_evts.len(),
+            });
+        }
+        self.pending_activation = Some(args);
+        self.control_evt.write(1).map_err(ActivateError::EventFd)?;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.muxer.reset_all();
+        self.pending_activation = None;
+        if let Some(active) = self.active.take() {
+            self.stale_evts.extend(active.queue_evts);
+        }
+        if let Err(e) = self.control_evt.write(1) {
+            tracing::warn!(error = %e, "vsock: failed to signal reset to the event loop");
+        }
+        true
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (evt, token) in [
+            (&self.control_evt, TOKEN_CONTROL),
+            (&self.backend.evt, TOKEN_BACKEND),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(evt, token, EventSet::IN)) {
+                tracing::error!(token, error = ?e, "vsock: cannot register eventfd");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_CONTROL => {
+                Self::drain(&self.control_evt, "control");
+                for evt in self.stale_evts.drain(..) {
+                    // Already gone from epoll is fine.
+                    let _ = ops.remove(Events::empty(&evt));
+                }
+                if let Some(args) = self.pending_activation.take() {
+                    self.finish_activation(args, ops);
+                }
+            }
+            TOKEN_BACKEND => {
+                Self::drain(&self.backend.evt, "backend");
+                if self.active.is_some() {
+                    self.muxer.process_commands();
+                    self.run_rx();
+                }
+            }
+            token => {
+                let index = token as usize;
+                let Some(active) = self.active.as_ref() else {
+                    return;
+                };
+                let Some(evt) = active.queue_evts.get(index) else {
+                    tracing::warn!(token, "vsock: unknown event token");
+                    return;
+                };
+                Self::drain(evt, "queue");
+                match index {
+                    RX_QUEUE => self.run_rx(),
+                    TX_QUEUE => self.run_tx(),
+                    // We never send transport events; the buffers stay with us.
+                    _ => {}
+                }
+            }
+        }
+        if self.active.is_some() {
+            self.muxer.sweep(Instant::now());
+            self.run_rx();
+        }
+    }
+}
