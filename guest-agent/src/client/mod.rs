@@ -57,12 +57,26 @@ struct Route {
     credit: Option<Arc<AtomicI64>>,
 }
 
+/// State shared between the client handles and the reader task.
+struct Shared {
+    routes: Mutex<HashMap<RequestId, Route>>,
+    closed: Mutex<Option<String>>,
+}
+
 struct Inner {
     out: Outbox,
-    routes: Mutex<HashMap<RequestId, Route>>,
+    shared: Arc<Shared>,
     next_id: AtomicU32,
     agent: Hello,
-    closed: Mutex<Option<String>>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: stop reading; the writer then drains, shuts
+    /// the stream down, and the agent sees the connection close.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// A connection to an agent. Cheap to clone; all clones share the connection.
@@ -105,15 +119,18 @@ impl Client {
             });
         }
         tracing::debug!(agent = %agent.software_version, caps = ?agent.capabilities, "connected to agent");
-        let inner = Arc::new(Inner {
-            out,
+        let shared = Arc::new(Shared {
             routes: Mutex::new(HashMap::new()),
-            next_id: AtomicU32::new(1),
-            agent,
             closed: Mutex::new(None),
         });
-        let reader_inner = Arc::clone(&inner);
-        tokio::spawn(async move { read_loop(rd, reader_inner).await });
+        let reader = tokio::spawn(read_loop(rd, Arc::clone(&shared), out.clone())).abort_handle();
+        let inner = Arc::new(Inner {
+            out,
+            shared,
+            next_id: AtomicU32::new(1),
+            agent,
+            reader,
+        });
         Ok(Client { inner })
     }
 
@@ -123,7 +140,11 @@ impl Client {
     }
 
     fn routes(&self) -> MutexGuard<'_, HashMap<RequestId, Route>> {
-        self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .shared
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Allocates a request id and its channel.
@@ -156,6 +177,7 @@ impl Client {
     fn closed_error(&self) -> ClientError {
         let reason = self
             .inner
+            .shared
             .closed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -211,7 +233,7 @@ fn unexpected(m: Message) -> ClientError {
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: Arc<Inner>) {
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: Arc<Shared>, out: Outbox) {
     let reason = loop {
         let msg = match read_message(&mut rd).await {
             Ok(Some(m)) => m,
@@ -256,7 +278,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: Arc<Inner>) {
         }
         if violation {
             tracing::warn!(id, "agent exceeded credit; cancelling request");
-            inner.out.send(Message::Cancel { id }).await;
+            out.send(Message::Cancel { id }).await;
         }
     };
     tracing::debug!(%reason, "client connection ended");
