@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use self::bus::{Bus, BusError};
 use crate::arch::x86_64::layout::{IRQ_BASE, IRQ_MAX, MMIO_DEVICE_SIZE, MMIO_DEVICES_START};
 use crate::devices::console::ConsoleSink;
-use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_IRQ, I8042_LEN};
 use crate::devices::ready_port::ReadyPort;
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY};
@@ -100,11 +100,15 @@ impl DeviceManager {
         let serial = SerialDevice::new(serial_irq, console);
         self.pio
             .insert(Arc::new(Mutex::new(serial)), COM1_BASE, COM1_LEN)?;
-        self.pio.insert(
-            Arc::new(Mutex::new(I8042::new(control.clone()))),
-            I8042_BASE,
-            I8042_LEN,
-        )?;
+        let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&kbd_irq, I8042_IRQ)
+            .map_err(|source| DeviceError::Kvm {
+                what: "KVM_IRQFD (i8042)",
+                source,
+            })?;
+        let i8042 = I8042::new(control.clone(), Some(kbd_irq));
+        self.pio
+            .insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_LEN)?;
         self.pio.insert(
             Arc::new(Mutex::new(ReadyPort::new(control.clone()))),
             u64::from(ready_port),
