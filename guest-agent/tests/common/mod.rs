@@ -93,3 +93,83 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
     f()
 }
+
+/// Builds tar archives with arbitrary (hostile) names, bypassing the `tar`
+/// crate's own path checks.
+#[derive(Default)]
+pub struct RawTar {
+    pub bytes: Vec<u8>,
+}
+
+impl RawTar {
+    pub fn entry(
+        mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        link: Option<&[u8]>,
+        data: &[u8],
+    ) -> Self {
+        let mut header = tar::Header::new_gnu();
+        {
+            let gnu = header.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name);
+            if let Some(link) = link {
+                gnu.linkname[..link.len()].copy_from_slice(link);
+            }
+        }
+        header.set_entry_type(kind);
+        header.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        self.bytes.extend_from_slice(header.as_bytes());
+        self.bytes.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.bytes.extend(std::iter::repeat_n(0u8, pad));
+        self
+    }
+    pub fn file(self, name: &str, data: &[u8]) -> Self {
+        self.entry(name.as_bytes(), tar::EntryType::Regular, None, data)
+    }
+    pub fn symlink(self, name: &str, target: &str) -> Self {
+        self.entry(
+            name.as_bytes(),
+            tar::EntryType::Symlink,
+            Some(target.as_bytes()),
+            b"",
+        )
+    }
+    pub fn hardlink(self, name: &str, target: &str) -> Self {
+        self.entry(
+            name.as_bytes(),
+            tar::EntryType::Link,
+            Some(target.as_bytes()),
+            b"",
+        )
+    }
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes.extend(std::iter::repeat_n(0u8, 1024));
+        self.bytes
+    }
+}
+
+/// Every path under `root` (relative), sorted; used to prove nothing changed.
+pub fn tree_listing(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
