@@ -552,3 +552,102 @@ async fn dropped_device_fails_waiters() {
     ));
     assert!(matches!(handle.listen(7002), Err(VsockError::DeviceGone)));
 }
+
+/// 100 MiB guest→host and 32 MiB host→guest through the device, checking integrity and timing.
+/// Slow in debug builds: `cargo test --release -p hearth-vmm vsock_throughput -- --ignored
+/// --nocapture`.
+#[tokio::test]
+#[ignore = "throughput measurement; run in release"]
+async fn vsock_throughput() {
+    let mut h = Harness::new();
+    let stream = guest_connect(&mut h, 4600, 6600).await;
+    let total = 100usize << 20;
+    let chunk = pattern(64 * 1024, 5);
+    let reader = tokio::spawn(async move {
+        let mut stream = stream;
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut n, mut sum) = (0usize, 0u64);
+        loop {
+            let k = stream.read(&mut buf).await.unwrap();
+            if k == 0 {
+                break;
+            }
+            sum = buf[..k]
+                .iter()
+                .fold(sum, |s, &b| s.wrapping_add(u64::from(b)));
+            n += k;
+        }
+        (n, sum, stream)
+    });
+    let start = std::time::Instant::now();
+    let (mut peer_alloc, mut peer_fwd) = (HOST_BUF_ALLOC, 0u32);
+    let mut sent = 0usize;
+    while sent < total {
+        for (hdr, _) in h.recv() {
+            peer_alloc = hdr.buf_alloc;
+            peer_fwd = hdr.fwd_cnt;
+        }
+        h.reap_tx();
+        let credit = peer_alloc - ((sent as u32).wrapping_sub(peer_fwd));
+        let n = (credit as usize).min(chunk.len()).min(total - sent);
+        if n > 0 && h.tx.free_count() >= 2 {
+            h.send(rw(4600, 6600, n, 0), &chunk[..n]);
+            sent += n;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut shut = guest_hdr(4600, 6600, Op::Shutdown);
+    shut.flags = SHUTDOWN_SEND;
+    h.send(shut, &[]);
+    let (n, sum, mut stream) = reader.await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let per_chunk = chunk
+        .iter()
+        .fold(0u64, |s, &b| s.wrapping_add(u64::from(b)));
+    assert_eq!(n, total);
+    assert_eq!(sum, per_chunk.wrapping_mul((total / chunk.len()) as u64));
+    println!(
+        "guest->host: {} MiB in {secs:.3}s = {:.0} MiB/s",
+        total >> 20,
+        (total >> 20) as f64 / secs
+    );
+
+    // host -> guest, guest consuming immediately with a 256 KiB buffer.
+    let total = 32usize << 20;
+    let writer = tokio::spawn(async move {
+        let buf = vec![0x33u8; 256 * 1024];
+        for _ in 0..total / buf.len() {
+            stream.write_all(&buf).await.unwrap();
+        }
+        stream.shutdown().await.unwrap();
+        stream
+    });
+    let start = std::time::Instant::now();
+    let (mut got, mut done) = (0usize, false);
+    while !done {
+        let pkts = h.recv();
+        for (hdr, d) in &pkts {
+            match op(hdr) {
+                Some(Op::Rw) => got += d.len(),
+                Some(Op::Shutdown) => done = true,
+                _ => {}
+            }
+        }
+        if !pkts.is_empty() {
+            let mut upd = guest_hdr(4600, 6600, Op::CreditUpdate);
+            upd.fwd_cnt = got as u32;
+            h.send(upd, &[]);
+            h.reap_tx();
+        }
+        tokio::task::yield_now().await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(got, total);
+    println!(
+        "host->guest: {} MiB in {secs:.3}s = {:.0} MiB/s",
+        total >> 20,
+        (total >> 20) as f64 / secs
+    );
+    drop(writer.await.unwrap());
+}
