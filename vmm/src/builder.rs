@@ -15,6 +15,7 @@ use crate::devices::console::{ConsoleSink, ConsoleTail};
 use crate::devices::ready_port::READY_PORT;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::vsock::{DEFAULT_GUEST_CID, Vsock};
 use crate::vstate::control::VmControl;
 use crate::vstate::vcpu::{self, Buses, VcpuBoot};
 use crate::vstate::vm::KvmVm;
@@ -51,6 +52,7 @@ pub struct VmBuilder {
     init: String,
     console_log: Option<PathBuf>,
     deadline: Option<Duration>,
+    vsock_cid: Option<u64>,
 }
 
 impl Default for VmBuilder {
@@ -77,6 +79,7 @@ impl VmBuilder {
             init: DEFAULT_INIT.into(),
             console_log: None,
             deadline: None,
+            vsock_cid: Some(DEFAULT_GUEST_CID),
         }
     }
 
@@ -150,6 +153,12 @@ impl VmBuilder {
     /// Stops the VM with [`crate::VmExit::DeadlineExceeded`] this long after `start()`.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
+        self
+    }
+
+    /// The guest's vsock CID (default 3); `None` disables the vsock device.
+    pub fn vsock_cid(mut self, cid: Option<u64>) -> Self {
+        self.vsock_cid = cid;
         self
     }
 
@@ -248,6 +257,16 @@ impl VmBuilder {
             dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
         }
 
+        let vsock = match self.vsock_cid {
+            Some(cid) => {
+                let (dev, handle) = Vsock::new(cid)?;
+                let dev: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(dev));
+                dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
+                Some(handle)
+            }
+            None => None,
+        };
+
         let boot = match (&self.kernel, &self.real_mode_code) {
             (Some(k), _) => load_linux(&mem, k, &cmdline, self.vcpus)?,
             (None, Some(code)) => {
@@ -290,6 +309,7 @@ impl VmBuilder {
             build_start,
             console_log: self.console_log.clone(),
             console_tail: tail,
+            vsock,
             _kvm: Some(kvm_vm),
             _mem: mem.clone(),
         };

@@ -31,6 +31,7 @@ pub use timings::BootTimings;
 
 use crate::devices::console::ConsoleTail;
 use crate::devices::virtio::GuestMemory;
+pub use crate::devices::virtio::vsock::{VsockHandle, VsockListener, VsockStream};
 use crate::vstate::control::VmControl;
 
 /// Why a VM stopped.
@@ -99,6 +100,12 @@ pub enum VmError {
     /// Reading CPUID from KVM failed.
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     Cpuid(#[source] kvm_ioctls::Error),
+    /// The vsock device could not be created, or a vsock connection failed.
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
+    /// The VM has no vsock device.
+    #[error("the VM was built without a vsock device")]
+    NoVsock,
     /// A file (console log) could not be created.
     #[error("{what} {path}: {source}")]
     File {
@@ -133,6 +140,7 @@ pub struct Vm {
     build_start: Instant,
     console_log: Option<PathBuf>,
     console_tail: ConsoleTail,
+    vsock: Option<VsockHandle>,
     // Dropped after the threads are joined (field order): the KVM VM, then guest memory.
     _kvm: Option<vstate::vm::KvmVm>,
     _mem: GuestMemory,
@@ -151,6 +159,17 @@ impl Vm {
     /// True once the agent signalled readiness.
     pub fn is_ready(&self) -> bool {
         self.control.stamps().agent_ready.is_some()
+    }
+
+    /// The host side of the guest's vsock device (cheap to clone).
+    pub fn vsock(&self) -> Option<&VsockHandle> {
+        self.vsock.as_ref()
+    }
+
+    /// Connects to guest vsock port `port` (the guest must be listening).
+    pub async fn connect(&self, port: u32) -> Result<VsockStream, VmError> {
+        let h = self.vsock.as_ref().ok_or(VmError::NoVsock)?;
+        Ok(h.connect(port).await?)
     }
 
     /// The exit reason, if the VM has stopped (or is stopping).

@@ -5,7 +5,6 @@
 
 pub mod block;
 pub mod mmio;
-
 pub mod vsock;
 
 use std::io;

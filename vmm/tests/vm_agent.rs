@@ -1,0 +1,273 @@
+//! The agent inside a hearth-vmm guest, reached over the in-process vsock backend: exec, exit
+//! codes, bulk and binary output, files, several VMs, power-off, panics, deadlines and repeated
+//! boots. Run through harness/run-vm-tests.sh where the host lacks hardware virtualization.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use hearth_agent::client::{Client, ExecEvent};
+use hearth_agent::proto::{ExecSpec, ExitStatus};
+use hearth_vmm::{Vm, VmBuilder, VmExit};
+
+const AGENT_PORT: u32 = 1024;
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn tiny_vm(name: &str) -> VmBuilder {
+    common::require_kvm();
+    let dir = common::scratch(name);
+    VmBuilder::new()
+        .kernel(common::artifact("HEARTH_KERNEL"))
+        .rootfs(common::artifact("HEARTH_ROOTFS_TINY"), true)
+        .cmdline_extra("hearth.overlay=tmpfs")
+        .memory_mib(256)
+        .console_log(dir.join("console.log"))
+        .deadline(Duration::from_secs(600))
+}
+
+fn ready(vm: &Vm) {
+    if let Err(e) = vm.wait_ready(READY_TIMEOUT) {
+        panic!("agent not ready: {e}\nconsole tail:\n{}", vm.console_tail());
+    }
+}
+
+async fn client(vm: &Vm) -> Client {
+    let stream = vm
+        .connect(AGENT_PORT)
+        .await
+        .expect("vsock connect to the agent");
+    Client::handshake(stream).await.expect("agent handshake")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn exec_uname_exit_codes_and_binary_output() {
+    let mut vm = tiny_vm("exec").start().unwrap();
+    ready(&vm);
+    eprintln!("boot timings: {}", vm.timings());
+    rt().block_on(async {
+        let c = client(&vm).await;
+        let out = c.exec_collect(ExecSpec::argv(["uname", "-a"])).await.unwrap();
+        assert_eq!(out.info.status, ExitStatus::Code(0));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("Linux "), "uname printed {text:?}");
+        for code in [0, 1, 7, 255] {
+            let out = c.exec_collect(ExecSpec::script(format!("exit {code}"))).await.unwrap();
+            assert_eq!(out.info.status, ExitStatus::Code(code));
+        }
+        // Every byte value, several times, through stdout unchanged.
+        let script = "i=0; while [ $i -lt 4 ]; do printf \"$(printf '\\\\%03o' $(seq 0 255))\"; i=$((i+1)); done";
+        let out = c.exec_collect(ExecSpec::script(script)).await.unwrap();
+        let expected: Vec<u8> = (0..4).flat_map(|_| 0..=255u8).collect();
+        assert_eq!(out.stdout.len(), expected.len(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, expected);
+    });
+    assert_eq!(vm.kill(), VmExit::Killed);
+}
+
+#[test]
+fn hundred_mib_of_output_streams_through() {
+    let mut vm = tiny_vm("bulk").start().unwrap();
+    ready(&vm);
+    rt().block_on(async {
+        let c = client(&vm).await;
+        let start = Instant::now();
+        let mut s = c
+            .exec(ExecSpec::script("head -c 104857600 /dev/zero"))
+            .await
+            .unwrap();
+        let mut total = 0usize;
+        let mut nonzero = false;
+        let mut status = None;
+        while let Some(ev) = s.next().await.unwrap() {
+            match ev {
+                ExecEvent::Output { data, .. } => {
+                    total += data.len();
+                    nonzero |= data.iter().any(|&b| b != 0);
+                }
+                ExecEvent::Exited(info) => status = Some(info.status),
+                ExecEvent::Started { .. } => {}
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "100 MiB guest→host in {secs:.1} s ({:.1} MiB/s)",
+            100.0 / secs
+        );
+        assert_eq!(status, Some(ExitStatus::Code(0)));
+        assert_eq!(total, 100 << 20);
+        assert!(!nonzero);
+    });
+    vm.kill();
+}
+
+#[test]
+fn files_go_in_and_come_back() {
+    let mut vm = tiny_vm("files").start().unwrap();
+    ready(&vm);
+    let local = common::scratch("files-local");
+    let src = local.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha\n").unwrap();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("sub/blob.bin"), &blob).unwrap();
+    rt().block_on(async {
+        let c = client(&vm).await;
+        c.put_files(&src, "/tmp/in").await.unwrap();
+        let out = c
+            .exec_collect(ExecSpec::script(
+                "cat /tmp/in/a.txt; wc -c < /tmp/in/sub/blob.bin; echo made > /tmp/in/new.txt",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["alpha", "300000"]
+        );
+        let back = local.join("back");
+        std::fs::create_dir_all(&back).unwrap();
+        c.get_files("/tmp/in", &back).await.unwrap();
+        let root = if back.join("in").exists() {
+            back.join("in")
+        } else {
+            back.clone()
+        };
+        assert_eq!(std::fs::read(root.join("sub/blob.bin")).unwrap(), blob);
+        assert_eq!(std::fs::read(root.join("new.txt")).unwrap(), b"made\n");
+    });
+    vm.kill();
+}
+
+#[test]
+fn two_vms_at_once() {
+    let mut a = tiny_vm("two-a").start().unwrap();
+    let mut b = tiny_vm("two-b").vcpus(2).start().unwrap();
+    ready(&a);
+    ready(&b);
+    rt().block_on(async {
+        let (ca, cb) = tokio::join!(client(&a), client(&b));
+        let (oa, ob) = tokio::join!(
+            ca.exec_collect(ExecSpec::script("echo a; grep -c ^processor /proc/cpuinfo")),
+            cb.exec_collect(ExecSpec::script("echo b; grep -c ^processor /proc/cpuinfo"))
+        );
+        assert_eq!(oa.unwrap().stdout, b"a\n1\n");
+        assert_eq!(ob.unwrap().stdout, b"b\n2\n");
+    });
+    assert_eq!(a.kill(), VmExit::Killed);
+    assert_eq!(b.kill(), VmExit::Killed);
+}
+
+#[test]
+fn agent_shutdown_powers_the_guest_off() {
+    let mut vm = tiny_vm("poweroff").start().unwrap();
+    ready(&vm);
+    rt().block_on(async { client(&vm).await.shutdown().await.unwrap() });
+    let exit = vm.wait_timeout(Duration::from_secs(60));
+    assert_eq!(
+        exit,
+        Some(VmExit::PowerOff),
+        "console tail:\n{}",
+        vm.console_tail()
+    );
+}
+
+#[test]
+fn guest_panic_is_reported_as_panic() {
+    let mut vm = tiny_vm("panic").init("/does/not/exist").start().unwrap();
+    let err = vm.wait_ready(READY_TIMEOUT).unwrap_err();
+    match vm.wait() {
+        VmExit::Panic(msg) => assert!(msg.contains("Kernel panic"), "{msg}"),
+        other => panic!(
+            "expected a panic, got {other} ({err}); console:\n{}",
+            vm.console_tail()
+        ),
+    }
+}
+
+#[test]
+fn never_ready_guest_is_killed_at_its_deadline() {
+    // /bin/sh as init never signals readiness.
+    let start = Instant::now();
+    let mut vm = tiny_vm("deadline")
+        .init("/bin/sh")
+        .deadline(Duration::from_secs(20))
+        .start()
+        .unwrap();
+    let err = vm.wait_ready(READY_TIMEOUT).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            hearth_vmm::VmError::ExitedBeforeReady {
+                exit: VmExit::DeadlineExceeded
+            }
+        ),
+        "{err}; console:\n{}",
+        vm.console_tail()
+    );
+    assert_eq!(vm.wait(), VmExit::DeadlineExceeded);
+    let e = start.elapsed();
+    assert!(
+        e >= Duration::from_secs(20) && e < Duration::from_secs(30),
+        "took {e:?}"
+    );
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+fn vm_size_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn twenty_boots_in_a_row_leak_nothing() {
+    let runtime = rt();
+    let boot = |i: usize| {
+        let mut vm = tiny_vm("repeat").start().unwrap();
+        ready(&vm);
+        runtime.block_on(async {
+            let c = client(&vm).await;
+            let out = c
+                .exec_collect(ExecSpec::script(format!("echo {i}")))
+                .await
+                .unwrap();
+            assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+        });
+        assert_eq!(vm.kill(), VmExit::Killed);
+    };
+    boot(0);
+    let (fds, threads, size) = (
+        count("/proc/self/fd"),
+        count("/proc/self/task"),
+        vm_size_kib(),
+    );
+    let start = Instant::now();
+    for i in 1..=20 {
+        boot(i);
+    }
+    eprintln!("20 boots+exec in {:.1} s", start.elapsed().as_secs_f64());
+    // Tests run in parallel: other tests' VMs come and go, so allow one VM's worth of slack.
+    let (fds2, threads2, size2) = (
+        count("/proc/self/fd"),
+        count("/proc/self/task"),
+        vm_size_kib(),
+    );
+    assert!(fds2 <= fds + 16, "fds {fds} -> {fds2}");
+    assert!(threads2 <= threads + 8, "threads {threads} -> {threads2}");
+    assert!(
+        size2 <= size + 300 * 1024,
+        "VmSize {size} KiB -> {size2} KiB"
+    );
+}
