@@ -22,6 +22,9 @@ pub const NUM_QUEUES: usize = 3;
 /// Maximum size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 
+/// TX chains handled per wakeup before yielding to other event sources.
+const TX_BUDGET: u32 = 4 * QUEUE_SIZE as u32;
+
 /// Event-loop tokens (the queue tokens are the queue indices).
 const TOKEN_CONTROL: u32 = 100;
 const TOKEN_BACKEND: u32 = 101;
@@ -122,16 +125,21 @@ impl Vsock {
         }
     }
 
-    /// Consume the TX queue, then answer whatever that produced.
+    /// Consume the TX queue, then answer whatever that produced. A guest that keeps refilling
+    /// the queue gets [`TX_BUDGET`] chains per wakeup; the rest is picked up on a self-kick after
+    /// other event sources had their turn.
     fn run_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let used = self
-            .muxer
-            .process_tx(&active.mem, &mut active.queues[TX_QUEUE]);
+        let (used, more) =
+            self.muxer
+                .process_tx(&active.mem, &mut active.queues[TX_QUEUE], TX_BUDGET);
         if used > 0 {
             Self::signal_interrupt(active);
+        }
+        if more && let Err(e) = active.queue_evts[TX_QUEUE].write(1) {
+            tracing::warn!(error = %e, "vsock: failed to re-arm TX processing");
         }
         self.run_rx();
     }

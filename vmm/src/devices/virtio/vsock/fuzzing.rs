@@ -71,7 +71,7 @@ pub fn fuzz_tx_queue(data: &[u8]) {
     let mut cx = Context::from_waker(Waker::noop());
     let mut patches = patches.chunks_exact(10);
     for _ in 0..=(params[3] % 8) {
-        muxer.process_tx(&mem, &mut txq);
+        muxer.process_tx(&mem, &mut txq, 64);
         while let Some(stream) = listener.try_accept() {
             accepted.push(stream);
         }

@@ -97,12 +97,23 @@ impl Muxer {
         });
     }
 
-    /// Drain the TX queue (every chain is returned to the guest, malformed ones included).
-    /// Returns the number of used-ring entries added.
-    pub fn process_tx<M: GuestMemory>(&mut self, mem: &M, queue: &mut Queue) -> u32 {
+    /// Drain the TX queue, at most `budget` chains (every chain is returned to the guest,
+    /// malformed ones included). Returns the number of used-ring entries added and whether the
+    /// budget ran out (more chains may be waiting).
+    pub fn process_tx<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &mut Queue,
+        budget: u32,
+    ) -> (u32, bool) {
         let mut used = 0;
+        let mut popped = 0;
         let mut chain = std::mem::take(&mut self.chain);
-        while let Some(desc_chain) = queue.pop_descriptor_chain(mem) {
+        while popped < budget {
+            let Some(desc_chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            popped += 1;
             let head = desc_chain.head_index();
             let parsed = chain
                 .load(mem, desc_chain, ChainDir::DeviceReads)
@@ -118,7 +129,7 @@ impl Muxer {
         }
         self.chain = chain;
         self.wake_all();
-        used
+        (used, popped == budget)
     }
 
     fn handle_packet<M: GuestMemory>(&mut self, hdr: &PacketHeader, chain: &ChainBuffer, mem: &M) {

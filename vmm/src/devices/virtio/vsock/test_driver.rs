@@ -42,7 +42,7 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    fn new(base: u64, bufs: u64) -> Self {
+    pub fn new(base: u64, bufs: u64) -> Self {
         DriverQueue {
             size: QSIZE,
             desc: base,
@@ -56,7 +56,7 @@ impl DriverQueue {
         }
     }
 
-    fn device_queue(&self) -> Queue {
+    pub fn device_queue(&self) -> Queue {
         let mut q = Queue::new(256).unwrap();
         q.try_set_size(self.size).unwrap();
         q.try_set_desc_table_address(GuestAddress(self.desc))

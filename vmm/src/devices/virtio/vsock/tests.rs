@@ -651,3 +651,27 @@ async fn vsock_throughput() {
     );
     drop(writer.await.unwrap());
 }
+
+#[test]
+fn tx_processing_is_budgeted_per_wakeup() {
+    use super::muxer::Muxer;
+    use super::shared::BackendShared;
+    use super::test_driver::DriverQueue;
+    let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+    let mut driver = DriverQueue::new(0x1_0000, 0x10_0000);
+    let mut queue = driver.device_queue();
+    for port in 0..5 {
+        let slot = driver.slot(port);
+        mem.write_slice(
+            &guest_hdr(100 + u32::from(port), 9, Op::Rst).to_bytes(),
+            GuestAddress(slot),
+        )
+        .unwrap();
+        driver.push_chain(&mem, &[(slot, HDR_LEN as u32, 0)]);
+    }
+    let mut muxer = Muxer::new(GUEST_CID, BackendShared::new().unwrap());
+    assert_eq!(muxer.process_tx(&mem, &mut queue, 2), (2, true));
+    assert_eq!(muxer.process_tx(&mem, &mut queue, 2), (2, true));
+    assert_eq!(muxer.process_tx(&mem, &mut queue, 2), (1, false));
+    assert_eq!(driver.take_used(&mem).len(), 5);
+}
