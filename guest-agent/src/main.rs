@@ -36,10 +36,10 @@ fn init_guest() -> GuestConfig {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         // SAFETY: umount2 takes a valid NUL-terminated path literal.
         unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) };
-        if cmdline.contains("hearth.overlay=tmpfs") {
-            if let Err(e) = init::overlay_root() {
-                tracing::error!(error = %e, "overlay root failed; continuing on the plain root");
-            }
+        if cmdline.contains("hearth.overlay=tmpfs")
+            && let Err(e) = init::overlay_root()
+        {
+            tracing::error!(error = %e, "overlay root failed; continuing on the plain root");
         }
     }
     init::standard_mounts();
@@ -51,20 +51,20 @@ fn init_guest() -> GuestConfig {
     if let Err(e) = net::link_up("lo") {
         tracing::warn!(error = %e, "loopback");
     }
-    if let Some(n) = &cfg.net {
-        if let Err(e) = net::configure("eth0", n) {
-            tracing::error!(error = %e, "eth0");
-        }
+    if let Some(n) = &cfg.net
+        && let Err(e) = net::configure("eth0", n)
+    {
+        tracing::error!(error = %e, "eth0");
     }
-    if let Some(dns) = cfg.dns {
-        if let Err(e) = init::write_resolv_conf(dns) {
-            tracing::warn!(error = %e, "dns");
-        }
+    if let Some(dns) = cfg.dns
+        && let Err(e) = init::write_resolv_conf(dns)
+    {
+        tracing::warn!(error = %e, "dns");
     }
-    if let Some(dev) = &cfg.work_device {
-        if let Err(e) = init::mount_workspace(dev) {
-            tracing::error!(error = %e, "workspace");
-        }
+    if let Some(dev) = &cfg.work_device
+        && let Err(e) = init::mount_workspace(dev)
+    {
+        tracing::error!(error = %e, "workspace");
     }
     cfg
 }

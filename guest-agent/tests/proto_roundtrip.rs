@@ -2,8 +2,8 @@
 //! decoder never panics (nor over-allocates) on arbitrary or mutated input.
 
 use hearth_agent::proto::{
-    DecodeError, ErrorCode, ExecSpec, ExitInfo, ExitStatus, Hello, MAX_FRAME_PAYLOAD, Message, OutputStream,
-    Program, encode_frame, parse_frame,
+    DecodeError, ErrorCode, ExecSpec, ExitInfo, ExitStatus, Hello, MAX_FRAME_PAYLOAD, Message,
+    OutputStream, Program, encode_frame, parse_frame,
 };
 use proptest::prelude::*;
 
@@ -30,16 +30,18 @@ fn exec_spec() -> impl Strategy<Value = ExecSpec> {
         proptest::option::of(any::<u64>()),
         any::<u32>(),
     )
-        .prop_map(|(program, env, cwd, uid, gid, stdin, timeout_ms, window)| ExecSpec {
-            program,
-            env,
-            cwd,
-            uid,
-            gid,
-            stdin,
-            timeout_ms,
-            window,
-        })
+        .prop_map(
+            |(program, env, cwd, uid, gid, stdin, timeout_ms, window)| ExecSpec {
+                program,
+                env,
+                cwd,
+                uid,
+                gid,
+                stdin,
+                timeout_ms,
+                window,
+            },
+        )
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -57,40 +59,71 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn exit_info() -> impl Strategy<Value = ExitInfo> {
-    let status = prop_oneof![any::<i32>().prop_map(ExitStatus::Code), any::<i32>().prop_map(ExitStatus::Signal)];
-    (status, any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
-        |(status, wall_time_us, peak_rss_kib, timed_out, cancelled)| ExitInfo {
-            status,
-            wall_time_us,
-            peak_rss_kib,
-            timed_out,
-            cancelled,
-        },
+    let status = prop_oneof![
+        any::<i32>().prop_map(ExitStatus::Code),
+        any::<i32>().prop_map(ExitStatus::Signal)
+    ];
+    (
+        status,
+        any::<u64>(),
+        any::<u64>(),
+        any::<bool>(),
+        any::<bool>(),
     )
+        .prop_map(
+            |(status, wall_time_us, peak_rss_kib, timed_out, cancelled)| ExitInfo {
+                status,
+                wall_time_us,
+                peak_rss_kib,
+                timed_out,
+                cancelled,
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = Message> {
     let stream = prop_oneof![Just(OutputStream::Stdout), Just(OutputStream::Stderr)];
     prop_oneof![
-        (any::<u16>(), ".{0,12}", proptest::collection::vec(".{0,8}", 0..4)).prop_map(|(v, s, c)| {
-            Message::Hello(Hello { protocol_version: v, software_version: s, capabilities: c })
-        }),
+        (
+            any::<u16>(),
+            ".{0,12}",
+            proptest::collection::vec(".{0,8}", 0..4)
+        )
+            .prop_map(|(v, s, c)| {
+                Message::Hello(Hello {
+                    protocol_version: v,
+                    software_version: s,
+                    capabilities: c,
+                })
+            }),
         (id(), exec_spec()).prop_map(|(id, spec)| Message::Exec { id, spec }),
         (id(), any::<i32>()).prop_map(|(id, signal)| Message::Signal { id, signal }),
         id().prop_map(|id| Message::Cancel { id }),
         (id(), any::<u32>()).prop_map(|(id, bytes)| Message::Credit { id, bytes }),
         (id(), bytes(32)).prop_map(|(id, dest)| Message::PutFiles { id, dest }),
-        (id(), bytes(32), any::<u32>()).prop_map(|(id, path, window)| Message::GetFiles { id, path, window }),
+        (id(), bytes(32), any::<u32>()).prop_map(|(id, path, window)| Message::GetFiles {
+            id,
+            path,
+            window
+        }),
         id().prop_map(|id| Message::Ping { id }),
         id().prop_map(|id| Message::Shutdown { id }),
         (id(), bytes(256)).prop_map(|(id, data)| Message::FileChunk { id, data }),
         id().prop_map(|id| Message::FileEnd { id }),
         (id(), any::<u32>()).prop_map(|(id, pid)| Message::Started { id, pid }),
-        (id(), stream, bytes(256)).prop_map(|(id, stream, data)| Message::Output { id, stream, data }),
+        (id(), stream, bytes(256)).prop_map(|(id, stream, data)| Message::Output {
+            id,
+            stream,
+            data
+        }),
         (id(), exit_info()).prop_map(|(id, info)| Message::Exited { id, info }),
         id().prop_map(|id| Message::Done { id }),
         id().prop_map(|id| Message::Pong { id }),
-        (any::<u32>(), error_code(), ".{0,40}").prop_map(|(id, code, message)| Message::Error { id, code, message }),
+        (any::<u32>(), error_code(), ".{0,40}").prop_map(|(id, code, message)| Message::Error {
+            id,
+            code,
+            message
+        }),
     ]
 }
 
@@ -144,7 +177,10 @@ fn oversized_length_is_rejected_before_the_payload_arrives() {
     let header = ((MAX_FRAME_PAYLOAD + 1) as u32).to_le_bytes();
     assert_eq!(
         parse_frame(&header),
-        Err(DecodeError::FrameTooLarge { len: MAX_FRAME_PAYLOAD + 1, max: MAX_FRAME_PAYLOAD })
+        Err(DecodeError::FrameTooLarge {
+            len: MAX_FRAME_PAYLOAD + 1,
+            max: MAX_FRAME_PAYLOAD
+        })
     );
 }
 

@@ -103,11 +103,10 @@ pub async fn run_put(
             }
             c = ctl.recv(), if !ended => match c {
                 Some(FileControl::Chunk(data)) => {
-                    if let Some(t) = &tx {
-                        if t.send(data).await.is_err() {
+                    if let Some(t) = &tx
+                        && t.send(data).await.is_err() {
                             tx = None;
                         }
-                    }
                 }
                 Some(FileControl::End) => { ended = true; tx = None; }
                 Some(FileControl::Credit(_)) => {}

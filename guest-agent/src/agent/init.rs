@@ -68,10 +68,10 @@ pub fn mount(
 }
 
 fn ensure_dir(path: &str) {
-    if !Path::new(path).is_dir() {
-        if let Err(e) = std::fs::create_dir_all(path) {
-            tracing::warn!(path, error = %e, "cannot create mount point");
-        }
+    if !Path::new(path).is_dir()
+        && let Err(e) = std::fs::create_dir_all(path)
+    {
+        tracing::warn!(path, error = %e, "cannot create mount point");
     }
 }
 

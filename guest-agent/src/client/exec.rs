@@ -174,10 +174,10 @@ impl ExecStream {
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if self.unacked >= (self.window / 4).max(1) {
             let bytes = std::mem::take(&mut self.unacked);
-            if let Some(route) = self.client.routes().get(&self.id) {
-                if let Some(c) = &route.credit {
-                    c.fetch_add(i64::from(bytes), std::sync::atomic::Ordering::SeqCst);
-                }
+            if let Some(route) = self.client.routes().get(&self.id)
+                && let Some(c) = &route.credit
+            {
+                c.fetch_add(i64::from(bytes), std::sync::atomic::Ordering::SeqCst);
             }
             self.client
                 .send(Message::Credit { id: self.id, bytes })

@@ -141,12 +141,12 @@ impl Client {
         loop {
             match self.recv(&mut rx).await {
                 Ok(Message::FileChunk { data, .. }) => {
-                    if let Some(t) = &tx {
-                        if t.send(data).await.is_err() {
-                            tx = None; // extraction stopped early; its error follows
-                            let _ = self.send(Message::Cancel { id }).await;
-                            break;
-                        }
+                    if let Some(t) = &tx
+                        && t.send(data).await.is_err()
+                    {
+                        tx = None; // extraction stopped early; its error follows
+                        let _ = self.send(Message::Cancel { id }).await;
+                        break;
                     }
                 }
                 Ok(Message::FileEnd { .. }) => break,

@@ -258,11 +258,11 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: Arc<Shared>, out: Out
                 tracing::trace!(id, "message for a finished request dropped");
                 continue;
             };
-            if charge > 0 {
-                if let Some(credit) = &route.credit {
-                    let charge = i64::try_from(charge).unwrap_or(i64::MAX);
-                    violation = credit.fetch_sub(charge, Ordering::SeqCst) < charge;
-                }
+            if charge > 0
+                && let Some(credit) = &route.credit
+            {
+                let charge = i64::try_from(charge).unwrap_or(i64::MAX);
+                violation = credit.fetch_sub(charge, Ordering::SeqCst) < charge;
             }
             if violation {
                 let message = "agent sent more data than the credit window allows".to_string();
