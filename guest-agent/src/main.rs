@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     let cfg = if pid1 {
         init_guest()
     } else {
+        hearth_agent::agent::become_subreaper();
         GuestConfig::default()
     };
     let addr = listen.unwrap_or(ListenAddr::Vsock(cfg.port));

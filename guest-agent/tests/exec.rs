@@ -226,14 +226,15 @@ async fn child_crash_does_not_take_the_agent_down() {
 }
 
 #[tokio::test]
-async fn orphans_are_reaped() {
+async fn orphans_are_adopted_and_reaped() {
     let agent = TestAgent::start();
     let client = agent.client().await;
     // setsid moves the sleeper out of the exec's group, so it outlives the
-    // exec and is re-parented to the agent (a subreaper on the host).
+    // exec; it is re-parented to the agent (a subreaper on the host, PID 1 in
+    // a guest), which must reap it or it stays behind as a zombie.
     let out = client
         .exec_collect(ExecSpec::script(
-            "setsid sh -c 'sleep 0.3' >/dev/null 2>&1 </dev/null & echo $!",
+            "setsid sh -c 'sleep 1' >/dev/null 2>&1 </dev/null & echo $!",
         ))
         .await
         .unwrap();
@@ -242,6 +243,17 @@ async fn orphans_are_reaped() {
         .trim()
         .parse()
         .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{orphan}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, agent.pid(), "orphan was not adopted by the agent");
     assert!(
         eventually(Duration::from_secs(5), || !process_exists(orphan)).await,
         "orphan {orphan} was not reaped (zombie left behind)"

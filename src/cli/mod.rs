@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+mod agent;
 mod exec;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command through a guest agent and stream its output.
     Exec(exec::ExecArgs),
+    /// Run the guest agent locally as an ordinary process (no VM).
+    Agent(agent::AgentArgs),
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
@@ -27,5 +30,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()?;
     match cli.command {
         Command::Exec(args) => runtime.block_on(exec::run(args)),
+        Command::Agent(args) => runtime.block_on(agent::run(args)),
     }
 }

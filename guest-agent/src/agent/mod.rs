@@ -54,6 +54,15 @@ pub enum AgentError {
     Reaper(#[source] std::io::Error),
 }
 
+/// Makes this process adopt orphaned descendants (as PID 1 would), so the
+/// reaper collects them when the agent runs as an ordinary host process.
+pub fn become_subreaper() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not become a child subreaper");
+    }
+}
+
 /// Listens on `addr` and serves connections until a client asks for shutdown.
 /// `on_listening` runs once the listener is bound (e.g. the ready signal).
 pub async fn serve(
