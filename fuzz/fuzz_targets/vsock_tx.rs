@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    hearth_vmm::devices::virtio::vsock::fuzzing::fuzz_tx_queue(data);
+    let _reach = hearth_vmm::devices::virtio::vsock::fuzzing::fuzz_tx_queue(data);
 });
