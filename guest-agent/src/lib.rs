@@ -7,3 +7,4 @@ pub mod client;
 mod outbox;
 pub mod proto;
 pub mod transport;
+mod unix_socket;

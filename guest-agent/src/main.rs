@@ -23,31 +23,42 @@ fn parse_args() -> Result<Option<ListenAddr>, String> {
     Ok(listen)
 }
 
+/// The kernel command line. `HEARTH_AGENT_CMDLINE` replaces it: the PID 1
+/// test runs the agent in a PID + mount namespace on the host, where
+/// /proc/cmdline is the host's.
+fn read_cmdline() -> String {
+    std::env::var("HEARTH_AGENT_CMDLINE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/cmdline").ok())
+        .unwrap_or_default()
+}
+
 /// Guest set-up as PID 1. Errors are logged, never fatal: an agent that can
 /// answer is more useful than a kernel panic.
 fn init_guest() -> GuestConfig {
-    let early_cmdline = std::fs::read_to_string("/proc/cmdline").ok();
-    let overlay_wanted = early_cmdline
-        .as_deref()
-        .is_none_or(|c| c.contains("hearth.overlay=tmpfs"));
-    if overlay_wanted {
-        // /proc may not be mounted yet: mount it just to read the command line.
-        let _ = init::mount("proc", "/proc", "proc", 0, None);
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        // SAFETY: umount2 takes a valid NUL-terminated path literal.
-        unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) };
-        if cmdline.contains("hearth.overlay=tmpfs")
-            && let Err(e) = init::overlay_root()
-        {
-            tracing::error!(error = %e, "overlay root failed; continuing on the plain root");
-        }
+    // /proc is not mounted yet in a fresh guest: mount it to read the command
+    // line, and take it down again before building the overlay root.
+    let had_proc = std::path::Path::new("/proc/self").exists();
+    if !had_proc && let Err(e) = init::mount("proc", "/proc", "proc", 0, None) {
+        tracing::error!(error = %e, "cannot mount /proc to read the kernel command line");
     }
-    init::standard_mounts();
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let cfg = parse_cmdline(&cmdline).unwrap_or_else(|e| {
+    let cfg = parse_cmdline(&read_cmdline()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "using defaults");
         GuestConfig::default()
     });
+    if cfg.overlay_tmpfs {
+        if !had_proc {
+            // SAFETY: umount2 takes a valid NUL-terminated path literal.
+            unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) };
+        }
+        match init::overlay_root() {
+            Ok(()) => tracing::info!("running on an overlay root (tmpfs upper layer)"),
+            Err(e) => {
+                tracing::error!(error = %e, "overlay root failed; continuing on the plain root")
+            }
+        }
+    }
+    init::standard_mounts();
     if let Err(e) = net::link_up("lo") {
         tracing::warn!(error = %e, "loopback");
     }

@@ -82,8 +82,7 @@ pub async fn serve(
     };
     match &addr {
         ListenAddr::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path).map_err(listen_err)?;
+            let listener = crate::unix_socket::bind(path).map_err(listen_err)?;
             tracing::info!(path = %path.display(), "agent listening on unix socket");
             on_listening();
             loop {
@@ -95,7 +94,9 @@ pub async fn serve(
                     _ = shutdown_rx.recv() => break,
                 }
             }
-            let _ = std::fs::remove_file(path);
+            if crate::unix_socket::abstract_name(path).is_none() {
+                let _ = std::fs::remove_file(path);
+            }
         }
         ListenAddr::Vsock(port) => {
             let vaddr = tokio_vsock::VsockAddr::new(libc::VMADDR_CID_ANY, *port);

@@ -3,14 +3,15 @@
 use super::{Client, ClientError};
 use std::path::Path;
 
-/// Connects over a Unix socket and performs the handshake.
+/// Connects over a Unix socket (`@name`: abstract namespace) and performs the handshake.
 pub async fn connect_unix(path: &Path) -> Result<Client, ClientError> {
-    let stream = tokio::net::UnixStream::connect(path)
-        .await
-        .map_err(|source| ClientError::Connect {
-            addr: format!("unix:{}", path.display()),
-            source,
-        })?;
+    let stream =
+        crate::unix_socket::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: format!("unix:{}", path.display()),
+                source,
+            })?;
     Client::handshake(stream).await
 }
 
