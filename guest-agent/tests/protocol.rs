@@ -232,3 +232,21 @@ async fn disconnect_mid_exec_kills_the_process_group() {
     }
     agent_still_serves(&agent).await;
 }
+
+#[tokio::test]
+async fn ping_and_shutdown_end_the_host_agent() {
+    let mut agent = TestAgent::start();
+    let client = agent.client().await;
+    client.ping().await.unwrap();
+    assert!(
+        client
+            .agent_hello()
+            .capabilities
+            .iter()
+            .any(|c| c == "files")
+    );
+    client.shutdown().await.unwrap();
+    let exited = eventually(Duration::from_secs(5), || !agent.alive()).await;
+    assert!(exited, "agent still running after shutdown");
+    assert_eq!(agent.child.wait().unwrap().code(), Some(0));
+}
