@@ -127,3 +127,100 @@ async fn agent_as_pid1_with_overlay_root_mounts_reaps_and_shuts_down() {
         "namespace ended with {status:?}"
     );
 }
+
+#[tokio::test]
+async fn agent_as_pid1_configures_loopback_and_eth0() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (it creates namespaces)"
+    );
+    assert!(
+        Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "this test needs iproute2's `ip` on the host to create a veth eth0"
+    );
+    // A private network namespace holding a veth pair "eth0"/"veth1"; `sh` creates it and
+    // then execs the agent, which thereby becomes PID 1. No packets leave the
+    // namespace. The socket lives on the filesystem (abstract sockets are per
+    // network namespace), so no overlay root here.
+    let dir = tempfile::Builder::new()
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let mut ns = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--propagation",
+            "private",
+            "--net",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "ip link add eth0 type veth peer name veth1 && ip link set veth1 up && exec \"$0\" --listen \"unix:$1\"",
+        ])
+        .arg(env!("CARGO_BIN_EXE_hearth-agent"))
+        .arg(&socket)
+        .env(
+            "HEARTH_AGENT_CMDLINE",
+            "hearth.net=10.213.0.2/24,10.213.0.1",
+        )
+        .env("HEARTH_AGENT_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("running unshare (util-linux) failed");
+    let addr = format!("unix:{}", socket.display());
+    let mut client = None;
+    for _ in 0..200 {
+        if let Ok(c) = connect(&addr).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let Some(client) = client else {
+        let _ = ns.kill();
+        panic!("agent in the namespace never listened");
+    };
+    let out = client
+        .exec_collect(ExecSpec::script(
+            "echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline)\n\
+             echo lo-flags=$(cat /sys/class/net/lo/flags)\n\
+             ip -4 -o addr show dev eth0\n\
+             ip -4 route show default",
+        ))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    client.shutdown().await.unwrap();
+    let ended = eventually(Duration::from_secs(10), || ns.try_wait().unwrap().is_some()).await;
+    if !ended {
+        let _ = ns.kill();
+    }
+    assert!(text.contains("hearth-agent"), "{text}");
+    let lo_flags = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lo-flags=0x"))
+        .expect("lo flags");
+    assert_eq!(
+        u32::from_str_radix(lo_flags.trim(), 16).unwrap() & 1,
+        1,
+        "lo is not up: {text}"
+    );
+    assert!(
+        text.contains("inet 10.213.0.2/24"),
+        "eth0 address missing: {text}"
+    );
+    assert!(
+        text.contains("default via 10.213.0.1 dev eth0"),
+        "default route missing: {text}"
+    );
+    assert!(ended, "agent did not power off");
+}
