@@ -259,3 +259,20 @@ async fn orphans_are_adopted_and_reaped() {
         "orphan {orphan} was not reaped (zombie left behind)"
     );
 }
+
+#[tokio::test]
+async fn runs_as_the_requested_user_and_group() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let mut spec = ExecSpec::script("id -u; id -g; id -G; echo $HOME");
+    spec.uid = Some(65534);
+    spec.gid = Some(65533);
+    let out = client.exec_collect(spec).await.unwrap();
+    // uid/gid changes need root, which the agent has in a guest.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "65534\n65533\n65533\n/\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
