@@ -250,3 +250,42 @@ async fn ping_and_shutdown_end_the_host_agent() {
     assert!(exited, "agent still running after shutdown");
     assert_eq!(agent.child.wait().unwrap().code(), Some(0));
 }
+
+#[tokio::test]
+async fn requests_for_unknown_ids_get_error_frames() {
+    let agent = TestAgent::start();
+    let mut s = raw(&agent, true).await;
+    for msg in [
+        Message::Signal { id: 77, signal: 15 },
+        Message::Cancel { id: 78 },
+        Message::FileChunk {
+            id: 79,
+            data: vec![1, 2, 3],
+        },
+        Message::Started { id: 80, pid: 1 },
+    ] {
+        let id = msg.id();
+        s.write_all(&encode_frame(&msg)).await.unwrap();
+        match read_message(&mut s).await.unwrap() {
+            Some(Message::Error { id: got, code, .. }) => {
+                assert_eq!(got, id);
+                assert!(
+                    matches!(code, ErrorCode::UnknownRequest | ErrorCode::Protocol),
+                    "{code:?}"
+                );
+            }
+            other => panic!("expected an error frame for {id}, got {other:?}"),
+        }
+    }
+    // credits for finished requests are silently dropped; the connection lives on
+    s.write_all(&encode_frame(&Message::Credit { id: 81, bytes: 5 }))
+        .await
+        .unwrap();
+    s.write_all(&encode_frame(&Message::Ping { id: 82 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_message(&mut s).await.unwrap(),
+        Some(Message::Pong { id: 82 })
+    );
+}

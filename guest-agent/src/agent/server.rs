@@ -208,7 +208,18 @@ async fn dispatch(
             Some(Active::Exec(tx)) => {
                 let _ = tx.send(ExecControl::Signal(signal));
             }
-            _ => tracing::debug!(id, "signal for unknown or non-exec request ignored"),
+            Some(_) => {
+                let message = format!("request {id} is a file transfer; only execs take signals");
+                return out
+                    .send(Message::Error {
+                        id,
+                        code: ErrorCode::Unsupported,
+                        message,
+                    })
+                    .await;
+            }
+            // The exec may just have finished; the client drops the answer then.
+            None => return unknown(out, id, "exec").await,
         },
         Message::Cancel { id } => match active.get(&id) {
             Some(Active::Exec(tx)) => {
@@ -217,7 +228,7 @@ async fn dispatch(
             Some(Active::Put(tx, _)) | Some(Active::Get(tx)) => {
                 let _ = tx.send(FileControl::Cancel);
             }
-            None => tracing::debug!(id, "cancel for finished request ignored"),
+            None => return unknown(out, id, "request").await,
         },
         Message::FileChunk { id, data } => match active.get(&id) {
             Some(Active::Put(tx, credit)) => {
@@ -236,13 +247,13 @@ async fn dispatch(
                 }
                 let _ = tx.send(FileControl::Chunk(data));
             }
-            _ => return unknown(out, id).await,
+            _ => return unknown(out, id, "upload").await,
         },
         Message::FileEnd { id } => match active.get(&id) {
             Some(Active::Put(tx, _)) => {
                 let _ = tx.send(FileControl::End);
             }
-            _ => return unknown(out, id).await,
+            _ => return unknown(out, id, "upload").await,
         },
         Message::Ping { id } => return out.send(Message::Pong { id }).await,
         Message::Shutdown { id } => {
@@ -276,8 +287,8 @@ async fn dispatch(
     true
 }
 
-async fn unknown(out: &Outbox, id: RequestId) -> bool {
-    let message = format!("no active upload with request id {id}");
+async fn unknown(out: &Outbox, id: RequestId, what: &str) -> bool {
+    let message = format!("no active {what} with request id {id}");
     out.send(Message::Error {
         id,
         code: ErrorCode::UnknownRequest,
