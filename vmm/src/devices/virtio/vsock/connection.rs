@@ -150,6 +150,11 @@ impl Connection {
         matches!(&self.state, ConnState::LocalInit { reply: Some(r) } if r.is_closed())
     }
 
+    /// Waiting for the guest's RST after our SHUTDOWN.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, ConnState::Closing { .. })
+    }
+
     /// Closing for longer than [`SHUTDOWN_TIMEOUT`].
     pub fn shutdown_expired(&self, now: Instant) -> bool {
         matches!(self.state, ConnState::Closing { deadline } if now >= deadline)

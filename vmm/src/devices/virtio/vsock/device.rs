@@ -1,13 +1,15 @@
 //! The virtio-vsock device: virtio glue and event-loop integration around the [`Muxer`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::VsockHandle;
+use super::connection::SHUTDOWN_TIMEOUT;
 use super::muxer::Muxer;
 use super::shared::BackendShared;
 use super::{VsockError, packet::HOST_CID};
@@ -28,6 +30,9 @@ const TX_BUDGET: u32 = 4 * QUEUE_SIZE as u32;
 /// Event-loop tokens (the queue tokens are the queue indices).
 const TOKEN_CONTROL: u32 = 100;
 const TOKEN_BACKEND: u32 = 101;
+const TOKEN_TIMER: u32 = 102;
+/// While connections wait for the guest's RST, the timer re-checks this often.
+const CLOSING_RECHECK: Duration = Duration::from_millis(250);
 
 struct Active {
     mem: GuestMemory,
@@ -45,6 +50,9 @@ pub struct Vsock {
     /// Signalled by `activate`/`reset` (vCPU thread) so the event loop (un)registers queues.
     control_evt: EventFd,
     backend: Arc<BackendShared>,
+    /// Fires shutdown timeouts when no other event arrives. One-shot; never `read` (a re-arm
+    /// between epoll and the read would block the loop): handling re-arms or disarms it.
+    timer: TimerFd,
     pending_activation: Option<ActivateArgs>,
     active: Option<Active>,
     /// Queue eventfds of a reset device, to be removed from the event loop.
@@ -76,6 +84,7 @@ impl Vsock {
             acked_features: 0,
             control_evt: EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?,
             backend: backend.clone(),
+            timer: TimerFd::new().map_err(|e| VsockError::TimerFd(e.into()))?,
             pending_activation: None,
             active: None,
             stale_evts: Vec::new(),
@@ -165,6 +174,17 @@ impl Vsock {
         self.run_tx();
     }
 
+    /// Arm the one-shot timer for `after`, or disarm it.
+    fn arm_timer(&mut self, after: Option<Duration>) {
+        let result = match after {
+            Some(d) => self.timer.reset(d, None),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "vsock: cannot (re)arm the shutdown timer");
+        }
+    }
+
     fn drain(evt: &EventFd, what: &str) {
         if let Err(e) = evt.read()
             && e.kind() != std::io::ErrorKind::WouldBlock
@@ -240,12 +260,15 @@ impl VirtioDevice for Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        for (evt, token) in [
+        let sources: [(&dyn std::os::fd::AsRawFd, u32); 3] = [
             (&self.control_evt, TOKEN_CONTROL),
             (&self.backend.evt, TOKEN_BACKEND),
-        ] {
-            if let Err(e) = ops.add(Events::with_data(evt, token, EventSet::IN)) {
-                tracing::error!(token, error = ?e, "vsock: cannot register eventfd");
+            (&self.timer, TOKEN_TIMER),
+        ];
+        for (fd, token) in sources {
+            let events = Events::with_data_raw(fd.as_raw_fd(), token, EventSet::IN);
+            if let Err(e) = ops.add(events) {
+                tracing::error!(token, error = ?e, "vsock: cannot register event source");
             }
         }
     }
@@ -261,6 +284,16 @@ impl MutEventSubscriber for Vsock {
                 if let Some(args) = self.pending_activation.take() {
                     self.finish_activation(args, ops);
                 }
+            }
+            TOKEN_TIMER => {
+                // Re-arming or disarming clears the expiration (see the `timer` field).
+                let rearm = if self.muxer.has_closing() {
+                    self.muxer.sweep(Instant::now(), true);
+                    self.muxer.has_closing().then_some(CLOSING_RECHECK)
+                } else {
+                    None
+                };
+                self.arm_timer(rearm);
             }
             TOKEN_BACKEND => {
                 Self::drain(&self.backend.evt, "backend");
@@ -288,8 +321,11 @@ impl MutEventSubscriber for Vsock {
             }
         }
         if self.active.is_some() {
-            self.muxer.sweep(Instant::now());
+            self.muxer.sweep(Instant::now(), false);
             self.run_rx();
+            if self.muxer.take_closing_started() {
+                self.arm_timer(Some(SHUTDOWN_TIMEOUT + CLOSING_RECHECK));
+            }
         }
     }
 }

@@ -68,6 +68,8 @@ pub enum VsockError {
     DeviceGone,
     #[error("creating a vsock eventfd failed: {0}")]
     EventFd(#[source] io::Error),
+    #[error("creating the vsock timerfd failed: {0}")]
+    TimerFd(#[source] io::Error),
 }
 
 impl From<VsockError> for io::Error {
@@ -80,7 +82,7 @@ impl From<VsockError> for io::Error {
             VsockError::AddrInUse { .. } => io::ErrorKind::AddrInUse,
             VsockError::DeviceReset => io::ErrorKind::ConnectionReset,
             VsockError::DeviceGone => io::ErrorKind::NotConnected,
-            VsockError::EventFd(inner) => inner.kind(),
+            VsockError::EventFd(inner) | VsockError::TimerFd(inner) => inner.kind(),
         };
         io::Error::new(kind, e)
     }

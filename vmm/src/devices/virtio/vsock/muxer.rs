@@ -38,6 +38,9 @@ pub struct Muxer {
     chain: ChainBuffer,
     wakers: Vec<Waker>,
     last_sweep: Instant,
+    /// A connection entered (or was flushed in) the Closing state since the last
+    /// [`Muxer::take_closing_started`].
+    closing_started: bool,
 }
 
 impl Muxer {
@@ -52,6 +55,7 @@ impl Muxer {
             chain: ChainBuffer::new(),
             wakers: Vec::new(),
             last_sweep: Instant::now(),
+            closing_started: false,
         }
     }
 
@@ -284,9 +288,20 @@ impl Muxer {
         self.schedule(key);
     }
 
-    /// Reset connections whose shutdown handshake timed out (rate-limited).
-    pub fn sweep(&mut self, now: Instant) {
-        if now.duration_since(self.last_sweep) < SWEEP_INTERVAL {
+    /// Whether a shutdown handshake started since the last call (the device then arms its
+    /// timer so the timeout fires even if nothing else happens).
+    pub fn take_closing_started(&mut self) -> bool {
+        std::mem::take(&mut self.closing_started)
+    }
+
+    /// Whether any connection waits for the guest's RST.
+    pub fn has_closing(&self) -> bool {
+        self.conns.values().any(Connection::is_closing)
+    }
+
+    /// Reset connections whose shutdown handshake timed out (rate-limited unless `force`).
+    pub fn sweep(&mut self, now: Instant, force: bool) {
+        if !force && now.duration_since(self.last_sweep) < SWEEP_INTERVAL {
             return;
         }
         self.last_sweep = now;
@@ -323,7 +338,9 @@ impl Muxer {
                 continue;
             };
             conn.in_rx_list = false;
-            match conn.flush_rx(&mut sink, self.guest_cid, &mut self.wakers) {
+            let flushed = conn.flush_rx(&mut sink, self.guest_cid, &mut self.wakers);
+            self.closing_started |= conn.is_closing();
+            match flushed {
                 Flush::Idle => {}
                 Flush::More => {
                     conn.in_rx_list = true;

@@ -675,3 +675,22 @@ fn tx_processing_is_budgeted_per_wakeup() {
     assert_eq!(muxer.process_tx(&mem, &mut queue, 2), (1, false));
     assert_eq!(driver.take_used(&mem).len(), 5);
 }
+
+#[tokio::test]
+async fn silent_guest_after_host_close_is_reset_by_the_timer() {
+    let mut h = Harness::new();
+    let (stream, host_port) = host_connect(&mut h, 99).await;
+    drop(stream);
+    let pkts = h.recv_until(|hdr, _| op(hdr) == Some(Op::Shutdown)).await;
+    assert_eq!(pkts.last().unwrap().0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    let closed_at = std::time::Instant::now();
+    // The guest never answers and nothing else happens: the timer alone must end it.
+    let pkts = h.recv_until(|hdr, _| op(hdr) == Some(Op::Rst)).await;
+    let waited = closed_at.elapsed();
+    assert_eq!(pkts.last().unwrap().0.src_port, host_port);
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "RST after only {waited:?}"
+    );
+    h.wait_device(|d| d.connection_count() == 0).await;
+}
