@@ -164,23 +164,21 @@ async fn client_refuses_other_protocol_version() {
     }
 }
 
-#[tokio::test]
-async fn client_stops_an_agent_that_ignores_credit() {
+/// Runs one exec against a fake agent that answers with `flood(id, window)`,
+/// and returns the error the client reports.
+async fn flooded_exec(flood: fn(u32, u32) -> Vec<Message>) -> ClientError {
     let stream = fake_agent(
         proto::hello(proto::AGENT_CAPABILITIES),
-        |mut s| async move {
+        move |mut s| async move {
             let Some(Message::Exec { id, spec }) = read_message(&mut s).await.unwrap() else {
                 panic!("no exec")
             };
-            let data = vec![b'x'; spec.window as usize + 1];
-            s.write_all(&encode_frame(&Message::Output {
-                id,
-                stream: OutputStream::Stdout,
-                data,
-            }))
-            .await
-            .unwrap();
-            // keep the connection open and look for the client's cancel
+            for m in flood(id, spec.window) {
+                if s.write_all(&encode_frame(&m)).await.is_err() {
+                    return;
+                }
+            }
+            // keep the connection open until the client cancels or goes away
             loop {
                 match read_message(&mut s).await {
                     Ok(Some(Message::Cancel { .. })) | Ok(None) | Err(_) => break,
@@ -192,15 +190,61 @@ async fn client_stops_an_agent_that_ignores_credit() {
     .await;
     let client = Client::handshake(stream).await.unwrap();
     let mut spec = ExecSpec::argv(["x"]);
-    spec.window = 1000;
+    spec.window = 4096;
     let mut exec = client.exec(spec).await.unwrap();
-    match exec.next().await {
-        Err(ClientError::Agent {
+    // Let the flood arrive before consuming anything.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    loop {
+        match exec.next().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("exec ended without an error"),
+            Err(e) => return e,
+        }
+    }
+}
+
+fn assert_protocol_error(e: ClientError, text: &str) {
+    match e {
+        ClientError::Agent {
             code: ErrorCode::Protocol,
             message,
-        }) => assert!(message.contains("credit")),
-        other => panic!("expected a credit violation, got {other:?}"),
+        } => assert!(message.contains(text), "{message}"),
+        other => panic!("expected a protocol violation, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn client_stops_an_agent_that_ignores_credit() {
+    // one chunk bigger than the window
+    let e = flooded_exec(|id, window| {
+        let data = vec![b'x'; window as usize + 1];
+        vec![Message::Output {
+            id,
+            stream: OutputStream::Stdout,
+            data,
+        }]
+    })
+    .await;
+    assert_protocol_error(e, "credit");
+    // many tiny chunks: each also costs the per-message overhead
+    let e = flooded_exec(|id, window| {
+        (0..window)
+            .map(|_| Message::Output {
+                id,
+                stream: OutputStream::Stdout,
+                data: vec![b'y'],
+            })
+            .collect()
+    })
+    .await;
+    assert_protocol_error(e, "credit");
+}
+
+#[tokio::test]
+async fn client_stops_an_agent_that_floods_control_messages() {
+    let e =
+        flooded_exec(|id, _| (0..5000).map(|_| Message::Started { id, pid: 1 }).collect()).await;
+    assert_protocol_error(e, "flooded");
 }
 
 #[tokio::test]

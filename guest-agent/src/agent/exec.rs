@@ -5,7 +5,8 @@
 use super::reaper::{ChildExit, Reaper, kill_group};
 use crate::outbox::Outbox;
 use crate::proto::{
-    ErrorCode, ExecSpec, ExitInfo, MAX_CHUNK, Message, OutputStream, Program, RequestId,
+    DATA_MESSAGE_COST, ErrorCode, ExecSpec, ExitInfo, MAX_CHUNK, MIN_WINDOW, Message, OutputStream,
+    Program, RequestId, data_cost,
 };
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
@@ -143,6 +144,19 @@ pub async fn run_exec(
     out: Outbox,
     reaper: Arc<Reaper>,
 ) {
+    if spec.window < MIN_WINDOW {
+        let message = format!(
+            "window {} is below the minimum of {MIN_WINDOW}",
+            spec.window
+        );
+        out.send(Message::Error {
+            id,
+            code: ErrorCode::BadRequest,
+            message,
+        })
+        .await;
+        return;
+    }
     let mut cmd = match build_command(&spec) {
         Ok(c) => c,
         Err(message) => {
@@ -203,14 +217,16 @@ pub async fn run_exec(
         if exited.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
-        let want = credit.min(MAX_CHUNK as u64) as usize;
+        let want = credit
+            .saturating_sub(u64::from(DATA_MESSAGE_COST))
+            .min(MAX_CHUNK as u64) as usize;
         let timer_on = deadline.is_some() && exited.is_none() && !timed_out;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400);
         tokio::select! {
             r = read_some(&mut stdout, &mut buf_out[..want]), if stdout.is_some() && want > 0 => {
                 match r {
                     Some(n) => {
-                        credit -= n as u64;
+                        credit -= data_cost(n);
                         drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
                         let data = buf_out[..n].to_vec();
                         if !out.send(Message::Output { id, stream: OutputStream::Stdout, data }).await { return; }
@@ -221,7 +237,7 @@ pub async fn run_exec(
             r = read_some(&mut stderr, &mut buf_err[..want]), if stderr.is_some() && want > 0 => {
                 match r {
                     Some(n) => {
-                        credit -= n as u64;
+                        credit -= data_cost(n);
                         drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
                         let data = buf_err[..n].to_vec();
                         if !out.send(Message::Output { id, stream: OutputStream::Stderr, data }).await { return; }

@@ -4,7 +4,9 @@
 
 use crate::archive::{ArchiveError, ChunkReader, ChunkWriter, extract_tar, pack_tree};
 use crate::outbox::Outbox;
-use crate::proto::{ErrorCode, Message, PUT_WINDOW, RequestId};
+use crate::proto::{
+    DATA_MESSAGE_COST, ErrorCode, MIN_WINDOW, Message, PUT_WINDOW, RequestId, data_cost,
+};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -65,8 +67,9 @@ pub async fn run_put(
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
     let credit_out = out.clone();
     let grant = Arc::clone(&credit);
+    // Each consumed chunk was one FileChunk message: return its full cost.
     let on_consumed = Box::new(move |n: usize| {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let n = u32::try_from(data_cost(n)).unwrap_or(u32::MAX);
         grant.fetch_add(i64::from(n), Ordering::SeqCst);
         credit_out.blocking_send(Message::Credit { id, bytes: n });
     });
@@ -141,22 +144,34 @@ pub async fn run_get(
     mut ctl: mpsc::UnboundedReceiver<FileControl>,
     out: Outbox,
 ) {
+    if window < MIN_WINDOW {
+        let message = format!("window {window} is below the minimum of {MIN_WINDOW}");
+        out.send(Message::Error {
+            id,
+            code: ErrorCode::BadRequest,
+            message,
+        })
+        .await;
+        return;
+    }
     let path = PathBuf::from(OsStr::from_bytes(&path));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let packing = tokio::task::spawn_blocking(move || pack_tree(&path, ChunkWriter::new(tx)));
     let mut credit = u64::from(window);
     while let Some(mut chunk) = rx.recv().await {
         while !chunk.is_empty() {
-            while credit == 0 {
+            while credit <= u64::from(DATA_MESSAGE_COST) {
                 match ctl.recv().await {
                     Some(FileControl::Credit(n)) => credit = credit.saturating_add(u64::from(n)),
                     Some(FileControl::Cancel) | None => return, // dropping rx stops the packer
                     Some(_) => {}
                 }
             }
-            let n = chunk.len().min(credit as usize);
+            let n = chunk
+                .len()
+                .min((credit - u64::from(DATA_MESSAGE_COST)) as usize);
             let rest = chunk.split_off(n);
-            credit -= n as u64;
+            credit -= data_cost(n);
             if !out.send(Message::FileChunk { id, data: chunk }).await {
                 return;
             }

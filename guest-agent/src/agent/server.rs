@@ -232,7 +232,7 @@ async fn dispatch(
         },
         Message::FileChunk { id, data } => match active.get(&id) {
             Some(Active::Put(tx, credit)) => {
-                let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
+                let len = i64::try_from(crate::proto::data_cost(data.len())).unwrap_or(i64::MAX);
                 if credit.fetch_sub(len, Ordering::SeqCst) < len {
                     let message = "upload exceeded the granted credit window".to_string();
                     let _ = tx.send(FileControl::Cancel);

@@ -5,7 +5,6 @@ use super::{Client, ClientError, unexpected};
 use crate::proto::{DEFAULT_WINDOW, ExecSpec, ExitInfo, Message, OutputStream, Program, RequestId};
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
-use tokio::sync::mpsc;
 
 impl ExecSpec {
     /// Runs `argv` directly.
@@ -81,7 +80,7 @@ impl ExecHandle {
 pub struct ExecStream {
     client: Client,
     id: RequestId,
-    rx: mpsc::UnboundedReceiver<Message>,
+    rx: super::route::RouteRx,
     window: u32,
     unacked: u32,
     finished: bool,
@@ -92,6 +91,13 @@ impl Client {
     pub async fn exec(&self, mut spec: ExecSpec) -> Result<ExecStream, ClientError> {
         if spec.window == 0 {
             spec.window = DEFAULT_WINDOW;
+        }
+        if spec.window < crate::proto::MIN_WINDOW {
+            return Err(ClientError::InvalidRequest(format!(
+                "window {} is below the minimum of {}",
+                spec.window,
+                crate::proto::MIN_WINDOW
+            )));
         }
         if spec
             .stdin
@@ -153,7 +159,7 @@ impl ExecStream {
         match msg {
             Message::Started { pid, .. } => Ok(Some(ExecEvent::Started { pid })),
             Message::Output { stream, data, .. } => {
-                self.grant(data.len()).await?;
+                self.grant(crate::proto::data_cost(data.len())).await?;
                 Ok(Some(ExecEvent::Output { stream, data }))
             }
             Message::Exited { info, .. } => {
@@ -168,7 +174,7 @@ impl ExecStream {
     }
 
     /// Returns consumed bytes to the agent in batches of a quarter window.
-    async fn grant(&mut self, n: usize) -> Result<(), ClientError> {
+    async fn grant(&mut self, n: u64) -> Result<(), ClientError> {
         self.unacked = self
             .unacked
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));

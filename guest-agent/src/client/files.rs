@@ -5,7 +5,7 @@
 
 use super::{Client, ClientError, unexpected};
 use crate::archive::{ChunkReader, ChunkWriter, ExtractStats, extract_tar, pack_tree};
-use crate::proto::{DEFAULT_WINDOW, Message, RequestId};
+use crate::proto::{DATA_MESSAGE_COST, DEFAULT_WINDOW, Message, RequestId, data_cost};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -66,19 +66,22 @@ impl Client {
         let mut credit: u64 = 0;
         while let Some(mut chunk) = chunks.recv().await {
             while !chunk.is_empty() {
-                while credit == 0 {
+                while credit <= u64::from(DATA_MESSAGE_COST) {
                     match self.recv(&mut rx).await? {
                         Message::Credit { bytes, .. } => credit += u64::from(bytes),
                         other => return Err(self.abort(id, other).await),
                     }
                 }
-                let rest = chunk.split_off(chunk.len().min(credit as usize));
-                credit -= chunk.len() as u64;
+                let piece = chunk
+                    .len()
+                    .min((credit - u64::from(DATA_MESSAGE_COST)) as usize);
+                let rest = chunk.split_off(piece);
+                credit -= data_cost(piece);
                 self.send(Message::FileChunk { id, data: chunk }).await?;
                 chunk = rest;
             }
             // Notice an early refusal without waiting for the whole upload.
-            while let Ok(m) = rx.try_recv() {
+            while let Some(m) = rx.try_recv() {
                 match m {
                     Message::Credit { bytes, .. } => credit += u64::from(bytes),
                     other => return Err(self.abort(id, other).await),
@@ -127,8 +130,9 @@ impl Client {
         .await?;
         let (tx, chunks) = mpsc::channel::<Vec<u8>>(64);
         let out = self.inner.out.clone();
+        // Each consumed chunk was one FileChunk message: return its full cost.
         let on_consumed = Box::new(move |n: usize| {
-            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            let n = u32::try_from(data_cost(n)).unwrap_or(u32::MAX);
             credit.fetch_add(i64::from(n), Ordering::SeqCst);
             out.blocking_send(Message::Credit { id, bytes: n });
         });

@@ -5,6 +5,7 @@
 mod connect;
 mod exec;
 mod files;
+mod route;
 
 pub use connect::{connect, connect_unix, connect_vsock};
 pub use exec::{ExecEvent, ExecHandle, ExecOutput, ExecStream};
@@ -13,11 +14,11 @@ use crate::archive::ArchiveError;
 use crate::outbox::Outbox;
 use crate::proto::{self, ErrorCode, Hello, Message, PROTOCOL_VERSION, RequestId};
 use crate::transport::{TransportError, read_message};
+use route::{Route, RouteRx, Routed};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 
 /// Errors seen by the host client.
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +51,6 @@ pub enum ClientError {
 
 /// Capabilities the client announces.
 pub const CLIENT_CAPABILITIES: &[&str] = &["flow-control"];
-
-struct Route {
-    tx: mpsc::UnboundedSender<Message>,
-    /// Bytes the agent may still send (Output / FileChunk); None when untracked.
-    credit: Option<Arc<AtomicI64>>,
-}
 
 /// State shared between the client handles and the reader task.
 struct Shared {
@@ -148,17 +143,14 @@ impl Client {
     }
 
     /// Allocates a request id and its channel.
-    fn register(
-        &self,
-        credit: Option<Arc<AtomicI64>>,
-    ) -> (RequestId, mpsc::UnboundedReceiver<Message>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn register(&self, credit: Option<Arc<AtomicI64>>) -> (RequestId, RouteRx) {
+        let (route, rx) = route::route(credit);
         let mut routes = self.routes();
         let mut id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         while id == 0 || routes.contains_key(&id) {
             id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         }
-        routes.insert(id, Route { tx, credit });
+        routes.insert(id, route);
         (id, rx)
     }
 
@@ -187,10 +179,7 @@ impl Client {
 
     /// Waits for the next message of a request; a closed channel means the
     /// connection is gone.
-    async fn recv(
-        &self,
-        rx: &mut mpsc::UnboundedReceiver<Message>,
-    ) -> Result<Message, ClientError> {
+    async fn recv(&self, rx: &mut RouteRx) -> Result<Message, ClientError> {
         rx.recv().await.ok_or_else(|| self.closed_error())
     }
 
@@ -247,37 +236,26 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, inner: Arc<Shared>, out: Out
                 other => format!("unexpected connection-level message {other:?}"),
             };
         }
-        let charge = match &msg {
-            Message::Output { data, .. } | Message::FileChunk { data, .. } => data.len(),
-            _ => 0,
-        };
-        let mut violation = false;
-        {
+        let violation = {
             let mut routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
             let Some(route) = routes.get(&id) else {
                 tracing::trace!(id, "message for a finished request dropped");
                 continue;
             };
-            if charge > 0
-                && let Some(credit) = &route.credit
-            {
-                let charge = i64::try_from(charge).unwrap_or(i64::MAX);
-                violation = credit.fetch_sub(charge, Ordering::SeqCst) < charge;
+            match route.deliver(msg) {
+                Routed::Delivered => None,
+                Routed::Violation(reason) => {
+                    routes.remove(&id);
+                    Some(reason)
+                }
             }
-            if violation {
-                let message = "agent sent more data than the credit window allows".to_string();
-                let _ = route.tx.send(Message::Error {
-                    id,
-                    code: ErrorCode::Protocol,
-                    message,
-                });
-                routes.remove(&id);
-            } else {
-                let _ = route.tx.send(msg);
-            }
-        }
-        if violation {
-            tracing::warn!(id, "agent exceeded credit; cancelling request");
+        };
+        if let Some(reason) = violation {
+            tracing::warn!(
+                id,
+                reason,
+                "agent broke a flow-control limit; cancelling request"
+            );
             out.send(Message::Cancel { id }).await;
         }
     };

@@ -25,5 +25,17 @@ pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 /// Credit window the agent grants for an upload (`PutFiles`).
 pub const PUT_WINDOW: u32 = 1024 * 1024;
 
+/// Credit charged for each data message (`Output`, `FileChunk`) on top of its
+/// data length, so a window bounds the number of queued messages too.
+pub const DATA_MESSAGE_COST: u32 = 64;
+
+/// Smallest window a request may announce (must exceed `DATA_MESSAGE_COST`).
+pub const MIN_WINDOW: u32 = 4096;
+
+/// Credit a data message with `len` data bytes uses.
+pub const fn data_cost(len: usize) -> u64 {
+    len as u64 + DATA_MESSAGE_COST as u64
+}
+
 /// Agent version string (the crate version).
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
