@@ -276,3 +276,14 @@ async fn runs_as_the_requested_user_and_group() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn huge_timeout_is_no_timeout() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let mut spec = ExecSpec::script("echo fine");
+    spec.timeout_ms = Some(u64::MAX);
+    let out = client.exec_collect(spec).await.unwrap();
+    assert_eq!(out.stdout, b"fine\n");
+    assert!(!out.info.timed_out);
+}

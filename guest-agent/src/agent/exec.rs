@@ -204,9 +204,10 @@ pub async fn run_exec(
     let mut stdout = receiver(child.stdout.take());
     let mut stderr = receiver(child.stderr.take());
     let mut credit: u64 = u64::from(spec.window);
+    // A timeout too large to represent is no timeout.
     let deadline = spec
         .timeout_ms
-        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        .and_then(|ms| tokio::time::Instant::now().checked_add(Duration::from_millis(ms)));
     let mut exit_rx = exit_rx;
     let mut exited: Option<(ChildExit, Duration)> = None;
     let (mut timed_out, mut cancelled) = (false, false);
