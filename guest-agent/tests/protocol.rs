@@ -48,10 +48,13 @@ async fn expect_error_then_close(s: &mut UnixStream, code: ErrorCode, text: &str
         }
         other => panic!("expected error frame, got {other:?}"),
     }
-    assert!(
-        matches!(read_message(s).await, Ok(None)),
-        "connection should close"
-    );
+    // A clean EOF, or a reset when the agent closed with our bytes unread.
+    match read_message(s).await {
+        Ok(None) => {}
+        Err(hearth_agent::transport::TransportError::Io(e))
+            if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("connection should close, got {other:?}"),
+    }
 }
 
 async fn agent_still_serves(agent: &TestAgent) {
@@ -150,17 +153,17 @@ where
 #[tokio::test]
 async fn client_refuses_other_protocol_version() {
     let hello = Hello {
-        protocol_version: 2,
+        protocol_version: 7,
         software_version: "x".into(),
         capabilities: vec![],
     };
     let stream = fake_agent(hello, |_s| async {}).await;
     match Client::handshake(stream).await {
-        Err(ClientError::VersionMismatch { agent: 2, client }) => {
+        Err(ClientError::VersionMismatch { agent: 7, client }) => {
             assert_eq!(client, PROTOCOL_VERSION)
         }
         Err(other) => panic!("unexpected error {other}"),
-        Ok(_) => panic!("handshake with a version-2 agent succeeded"),
+        Ok(_) => panic!("handshake with a version-7 agent succeeded"),
     }
 }
 

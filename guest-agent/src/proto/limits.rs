@@ -1,7 +1,7 @@
 //! Protocol constants: version, magic and size limits.
 
 /// Version of the wire protocol. Both sides must announce the same version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Magic bytes at the start of every `Hello` body.
 pub const MAGIC: [u8; 4] = *b"HRTH";
