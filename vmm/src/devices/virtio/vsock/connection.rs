@@ -93,6 +93,7 @@ impl Connection {
     /// Guest-initiated connection accepted by a listener; a RESPONSE is owed to the guest.
     pub fn peer_init(key: ConnKey, shared: Arc<ConnShared>, hdr: &PacketHeader) -> Self {
         let mut c = Self::new(key, ConnState::Established);
+        shared.lock().peer_buf_alloc = hdr.buf_alloc;
         c.shared = shared;
         c.peer_buf_alloc = hdr.buf_alloc;
         c.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
@@ -171,6 +172,7 @@ impl Connection {
     ) -> Next {
         self.peer_buf_alloc = hdr.buf_alloc;
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        self.shared.lock().peer_buf_alloc = hdr.buf_alloc;
         if self.peer_free() > 0 {
             self.credit_requested = false;
         }

@@ -19,9 +19,6 @@ use super::{VsockError, VsockStream};
 pub const HOST_BUF_ALLOC: u32 = 512 * 1024;
 /// Host→guest buffer per connection (what a host writer may queue before `poll_write` pends).
 pub const HOST_TX_BUF: usize = 256 * 1024;
-/// We tell the guest about freed space once its view of our free space falls below this and the
-/// reader has made at least this much room.
-pub const CREDIT_UPDATE_THRESHOLD: u32 = HOST_BUF_ALLOC / 2;
 
 /// (host port, guest port): identifies a connection (the CIDs are fixed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +53,8 @@ pub struct ConnData {
     pub fwd_cnt: Wrapping<u32>,
     /// The `fwd_cnt` last sent to the guest.
     pub fwd_cnt_sent: Wrapping<u32>,
+    /// The guest's own `buf_alloc`, from its latest header (see [`ConnData::credit_window`]).
+    pub peer_buf_alloc: u32,
     /// Guest sent SHUTDOWN(SEND) or RST: reads hit EOF once `to_host` is drained.
     pub peer_done_sending: bool,
     /// Guest sent SHUTDOWN(RCV) or RST: writes fail.
@@ -80,6 +79,7 @@ impl ConnData {
             rx_cnt: Wrapping(0),
             fwd_cnt: Wrapping(0),
             fwd_cnt_sent: Wrapping(0),
+            peer_buf_alloc: 0,
             peer_done_sending: false,
             peer_done_receiving: false,
             closed: false,
@@ -91,21 +91,25 @@ impl ConnData {
         }
     }
 
-    /// Free buffer space as the guest last heard of it.
-    pub fn advertised_free(&self) -> u32 {
-        HOST_BUF_ALLOC.saturating_sub((self.rx_cnt - self.fwd_cnt_sent).0)
-    }
-
     /// Free buffer space right now.
     pub fn actual_free(&self) -> u32 {
         HOST_BUF_ALLOC.saturating_sub((self.rx_cnt - self.fwd_cnt).0)
     }
 
-    /// Whether telling the guest our current `fwd_cnt` is worth a CREDIT_UPDATE packet.
+    /// How much the guest is assumed to send before waiting for our credit: Linux caps the
+    /// credit it uses at its own `buf_alloc` (so a peer cannot make it queue without bound),
+    /// hence `min(ours, theirs)`, a lower bound of the real window.
+    pub fn credit_window(&self) -> u32 {
+        HOST_BUF_ALLOC.min(self.peer_buf_alloc)
+    }
+
+    /// Whether telling the guest our current `fwd_cnt` is worth a CREDIT_UPDATE packet: once the
+    /// reader consumed half the window since the last announcement. A guest stalled on credit has
+    /// sent a whole window unannounced, so draining it always triggers an update (liveness), and
+    /// a streaming guest keeps at least half a window in hand (throughput).
     pub fn credit_update_due(&self) -> bool {
-        self.fwd_cnt != self.fwd_cnt_sent
-            && self.advertised_free() < CREDIT_UPDATE_THRESHOLD
-            && (self.actual_free() >= CREDIT_UPDATE_THRESHOLD || self.to_host.is_empty())
+        let unannounced = (self.fwd_cnt - self.fwd_cnt_sent).0;
+        unannounced > 0 && unannounced >= self.credit_window() / 2
     }
 
     /// Mark the connection dead and collect the wakers to wake once the lock is released.
