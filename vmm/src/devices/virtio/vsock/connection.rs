@@ -251,6 +251,13 @@ impl Connection {
         }
         let (a, b) = data.to_host.free_slices(len as usize);
         let first = a.len();
+        if first + b.len() != len as usize {
+            // Cannot happen while to_host.len() == rx_cnt - fwd_cnt; never write past the ring.
+            tracing::error!(key = ?self.key, len, "vsock: receive ring out of step with credit");
+            drop(data);
+            self.reset(wakers);
+            return;
+        }
         let copied = chain
             .read_at(mem, HDR_LEN as u64, a)
             .and_then(|()| chain.read_at(mem, (HDR_LEN + first) as u64, b));
