@@ -50,3 +50,10 @@ publish_cache() {
 
 # elapsed_since EPOCH_SECONDS : "N s"
 elapsed_since() { echo "$(( $(date +%s) - $1 )) s"; }
+
+# is_static ELF : true when the executable needs no program interpreter (static or static-pie).
+is_static() {
+    local h
+    h="$(readelf -l "$1" 2>/dev/null)" || return 1
+    ! grep -q 'program interpreter' <<<"$h"
+}

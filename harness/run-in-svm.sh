@@ -65,7 +65,7 @@ for tool in qemu-system-x86_64 cpio busybox; do
     command -v "$tool" >/dev/null || ensure_pkgs qemu-system-x86 cpio busybox-static
 done
 busybox_bin="$(command -v busybox)"
-ldd "$busybox_bin" >/dev/null 2>&1 && fail "$busybox_bin is dynamically linked; install busybox-static"
+is_static "$busybox_bin" || fail "$busybox_bin is dynamically linked; install busybox-static"
 
 outer="$("$here/outer-kernel.sh")" || fail "could not build the outer kernel (see above)"
 

@@ -16,7 +16,7 @@ repo="$(dirname "$here")"
 . "$here/lib.sh"
 HEARTH_LOG_TAG=vm-tests
 
-mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-1500}"
+mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-900}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --direct) mode=direct; shift ;;

@@ -35,7 +35,7 @@ if [ -z "$agent" ]; then
     agent="$("$repo/guest-agent/build-static.sh" | tail -1)" || die "the agent did not build"
 fi
 [ -f "$agent" ] || die "agent binary '$agent' does not exist"
-if ldd "$agent" >/dev/null 2>&1; then die "agent $agent is dynamically linked; the guest needs a static binary"; fi
+is_static "$agent" || die "agent $agent is not a static executable; the guest needs one"
 
 # make_image DIR IMAGE LABEL : ext4 image of DIR's contents, sized to fit with some room.
 make_image() {
@@ -51,6 +51,11 @@ make_image() {
     e2fsck -fn "$img" >/dev/null 2>&1 || die "e2fsck found errors in the fresh image $img"
 }
 
+install_agent() { # the agent without debug info (18 MB -> a few MB), as /sbin/hearth-agent
+    strip --strip-debug -o "$1/sbin/hearth-agent" "$agent" || die "strip $agent failed"
+    chmod 0755 "$1/sbin/hearth-agent"
+}
+
 common_dirs() { # the mount points the agent and the VMM rely on
     local d
     for d in proc sys dev tmp run work mnt root etc; do mkdir -p "$1/$d"; done
@@ -60,7 +65,7 @@ common_dirs() { # the mount points the agent and the VMM rely on
 if [ "$variant" = tiny ]; then
     ensure_pkgs busybox-static
     bb="$(command -v busybox)"
-    ldd "$bb" >/dev/null 2>&1 && die "$bb is not static; install busybox-static"
+    is_static "$bb" || die "$bb is not static; install busybox-static"
     key="$(hash_inputs tiny "$bb" "$agent" "$here/build.sh")"
     out="$HEARTH_CACHE/rootfs/tiny-$key"
     if [ -f "$out/done" ]; then log "cached: $out"; echo "$out/rootfs-tiny.ext4"; exit 0; fi
@@ -74,7 +79,7 @@ if [ "$variant" = tiny ]; then
     while read -r applet; do
         [ "$applet" = bin/busybox ] || ln -sf /bin/busybox "$tree/$applet"
     done < <("$bb" --list-full)
-    install -m 0755 "$agent" "$tree/sbin/hearth-agent"
+    install_agent "$tree"
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$tree/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$tree/etc/group"
     echo hearth >"$tree/etc/hostname"
@@ -110,7 +115,7 @@ else
     trap 'rm -rf "$tmp"' EXIT
     # Hard-linked copy of the cached tree (instant); the agent is a new file, so the cache is untouched.
     cp -al "$base/tree" "$tmp/tree"
-    install -m 0755 "$agent" "$tmp/tree/sbin/hearth-agent"
+    install_agent "$tmp/tree"
     log "mkfs.ext4 -d ($(du -sh "$tmp/tree" | cut -f1))"
     make_image "$tmp/tree" "$tmp/rootfs.ext4" hearth-root
     rm -rf "$tmp/tree"
