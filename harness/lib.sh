@@ -31,13 +31,24 @@ ensure_pkgs() {
         || die "apt-get install ${missing[*]} failed"
 }
 
-# hash_inputs ARG... : short sha256 over the given strings and the contents of those that are files.
+# hash_inputs ARG... : short sha256 over the given strings; an argument naming a file counts as
+# its base name and contents (not its full path, so clones in other places share the cache).
 hash_inputs() {
     local a
     for a in "$@"; do
-        printf '%s\0' "$a"
-        if [ -f "$a" ]; then sha256sum "$a" | cut -d' ' -f1; fi
+        if [ -f "$a" ]; then printf 'file:%s\0' "$(basename "$a")"; sha256sum <"$a" | cut -d' ' -f1
+        else printf '%s\0' "$a"; fi
     done | sha256sum | cut -c1-16
+}
+
+# lock_script NAME "$0" "$@" : re-runs the calling script under an exclusive lock on
+# $HEARTH_CACHE/NAME.lock (once), so two runs (other developers' tests, parallel CI steps) never
+# build into the same cache directory at the same time. Call it before touching the cache.
+lock_script() {
+    local name="$1" var="HEARTH_LOCKED_${1//[^A-Za-z0-9]/_}"; shift
+    [ -n "${!var:-}" ] && return 0
+    mkdir -p "$HEARTH_CACHE"
+    exec env "$var=1" flock -x "$HEARTH_CACHE/$name.lock" "$@"
 }
 
 # publish_cache TMPDIR FINALDIR : atomically move a finished build into the cache.
@@ -56,4 +67,15 @@ is_static() {
     local h
     h="$(readelf -l "$1" 2>/dev/null)" || return 1
     ! grep -q 'program interpreter' <<<"$h"
+}
+
+# prune_cache DIR PREFIX KEEP : keep the KEEP most recently built DIR/PREFIX* entries, remove the rest.
+prune_cache() {
+    local dir="$1" prefix="$2" keep="$3" old
+    [ -d "$dir" ] || return 0
+    # shellcheck disable=SC2012 # names are ours: [a-z0-9-] only
+    ls -1dt "$dir/$prefix"* 2>/dev/null | tail -n +"$((keep + 1))" | while read -r old; do
+        log "pruning old cache entry $old"
+        rm -rf "$old"
+    done
 }

@@ -9,6 +9,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 HEARTH_LOG_TAG=outer-kernel
+lock_script outer-kernel "$0" "$@"
 
 # Modules the outer machine loads, in the order we want them (their dependencies are added first).
 #   kvm-amd (+kvm, irqbypass): /dev/kvm backed by the emulated AMD SVM of `-cpu max`
@@ -101,5 +102,6 @@ log "modules (load order): $(tr '\n' ' ' <"$tmp/modules/modules.list")"
 touch "$tmp/done"
 trap - EXIT
 publish_cache "$tmp" "$out"
+prune_cache "$HEARTH_CACHE/harness" "outer-kernel-" 2
 log "built $out in $(elapsed_since "$start")"
 echo "$out"

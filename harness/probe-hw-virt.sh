@@ -18,7 +18,12 @@ no() { echo "[probe-hw-virt] no hardware virtualization: $*" >&2; exit 1; }
 
 command -v qemu-system-x86_64 >/dev/null && command -v busybox >/dev/null && command -v cpio >/dev/null \
     || ensure_pkgs qemu-system-x86 busybox-static cpio
-outer="$("$here/outer-kernel.sh")" || { echo "[probe-hw-virt] ERROR: cannot build the probe kernel" >&2; exit 2; }
+# The probe guest's kernel: the outer harness kernel, or $HEARTH_PROBE_VMLINUX (any PVH vmlinux).
+if [ -n "${HEARTH_PROBE_VMLINUX:-}" ]; then probe_kernel="$HEARTH_PROBE_VMLINUX"
+else
+    outer="$("$here/outer-kernel.sh")" || { echo "[probe-hw-virt] ERROR: cannot build the probe kernel" >&2; exit 2; }
+    probe_kernel="$outer/vmlinux"
+fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/root/bin" "$tmp/root/proc"
@@ -33,7 +38,7 @@ chmod +x "$tmp/root/init"
 (cd "$tmp/root" && find . | cpio -o -H newc --quiet) >"$tmp/probe.cpio"
 out="$(timeout -k 5 60 qemu-system-x86_64 -M microvm,accel=kvm,pit=on,rtc=on -cpu host -m 256 -smp 1 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-    -kernel "$outer/vmlinux" -initrd "$tmp/probe.cpio" -append "console=ttyS0 panic=-1 quiet rdinit=/init" \
+    -kernel "$probe_kernel" -initrd "$tmp/probe.cpio" -append "console=ttyS0 panic=-1 quiet rdinit=/init" \
     </dev/null 2>&1)" || true
 grep -q HEARTH_PROBE_GUEST_UP <<<"$out" || no "a probe Linux guest did not boot under QEMU -enable-kvm within 60 s: $(tail -c 400 <<<"$out")"
 echo "[probe-hw-virt] /dev/kvm boots a standard guest: VM tests run directly" >&2

@@ -3,23 +3,27 @@
 #   line 1: the ELF vmlinux (PVH entry)      line 2: the bzImage
 # Config: `make allnoconfig` with kernel/hearth.config as KCONFIG_ALLCONFIG; every option of the
 # fragment is checked in the final .config. Cached under
-# ~/.cache/hearth/kernel/<hash of source package version + fragment + this script>; a warm cache
+# ~/.cache/hearth/kernel/<hash of source package version + fragment + KERNEL_RECIPE>; a warm cache
 # makes this a no-op. Progress and build time go to stderr (and build-info.txt in the cache).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../harness/lib.sh
 . "$here/../harness/lib.sh"
 HEARTH_LOG_TAG=kernel
+lock_script kernel "$0" "$@"
 fragment="$here/hearth.config"
 SRC_PKG=linux-source-6.12
+# Bump when a change to this script changes what gets built (the make targets, the strip step...);
+# editing only messages or checks keeps the cache.
+KERNEL_RECIPE=1
 
 ensure_pkgs "$SRC_PKG" build-essential bc flex bison libelf-dev libssl-dev xz-utils
 srcver="$(dpkg-query -W -f='${Version}' "$SRC_PKG")"
 tarball="/usr/src/$SRC_PKG.tar.xz"
 [ -f "$tarball" ] || die "$tarball missing although $SRC_PKG is installed"
 
-key="$(hash_inputs "$SRC_PKG=$srcver" "$fragment" "$here/build.sh")"
-out="$HEARTH_CACHE/kernel/$key"
+key="$(hash_inputs "$SRC_PKG=$srcver" "$fragment" "recipe-$KERNEL_RECIPE")"
+out="$HEARTH_CACHE/kernel/vmlinux-$key"
 if [ -f "$out/done" ]; then
     log "cached: $out ($(cat "$out/build-info.txt" 2>/dev/null | tr '\n' ' '))"
     echo "$out/vmlinux"; echo "$out/bzImage"
@@ -90,5 +94,6 @@ secs=$(( $(date +%s) - start ))
 touch "$tmp/done"
 publish_cache "$tmp" "$out"
 rm -rf "$build"
+prune_cache "$HEARTH_CACHE/kernel" "vmlinux-" 2
 log "built in ${secs} s: $(tr '\n' ' ' <"$out/build-info.txt")"
 echo "$out/vmlinux"; echo "$out/bzImage"

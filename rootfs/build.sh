@@ -15,6 +15,7 @@ repo="$(dirname "$here")"
 # shellcheck source=../harness/lib.sh
 . "$here/../harness/lib.sh"
 HEARTH_LOG_TAG=rootfs
+lock_script rootfs "$0" "$@"
 
 variant=debian
 case "${1:-}" in
@@ -88,24 +89,29 @@ if [ "$variant" = tiny ]; then
     rm -rf "$tree"
 else
     ensure_pkgs mmdebstrap
-    base_key="$(hash_inputs "$SUITE" "${PACKAGES[*]}" "$(dpkg-query -W -f='${Version}' mmdebstrap)" "$here/build.sh")"
+    # Documentation, manuals and translations are not needed to run jobs.
+    MMDEBSTRAP_ARGS=(--mode=root --variant=minbase --format=directory
+        --include="$(IFS=,; echo "${PACKAGES[*]}")"
+        --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
+        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias')
+    # The base tree is keyed by its recipe only (not by this whole script), so editing the image
+    # step does not re-download Debian. Bump BASE_RECIPE when the post-mmdebstrap steps change.
+    BASE_RECIPE=1
+    base_key="$(hash_inputs "$SUITE" "${MMDEBSTRAP_ARGS[*]}" "recipe-$BASE_RECIPE" \
+        "mmdebstrap-$(dpkg-query -W -f='${Version}' mmdebstrap)")"
     base="$HEARTH_CACHE/rootfs/base-$SUITE-$base_key"
     if [ ! -f "$base/done" ]; then
-        log "mmdebstrap $SUITE minbase + ${PACKAGES[*]} (downloads ~60 MB from Debian; a few minutes)"
+        log "mmdebstrap $SUITE minbase + ${PACKAGES[*]} (downloads ~60 MB from Debian; 1-2 minutes)"
         btmp="$(mkdir -p "$HEARTH_CACHE/rootfs" && mktemp -d "$HEARTH_CACHE/rootfs/.tmp-base-XXXXXX")"
-        # Documentation, manuals and translations are not needed to run jobs.
-        mmdebstrap --mode=root --variant=minbase --format=directory \
-            --include="$(IFS=,; echo "${PACKAGES[*]}")" \
-            --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-            --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-            --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-            "$SUITE" "$btmp/tree" >&2 || { rm -rf "$btmp"; die "mmdebstrap failed"; }
+        mmdebstrap "${MMDEBSTRAP_ARGS[@]}" "$SUITE" "$btmp/tree" >&2 || { rm -rf "$btmp"; die "mmdebstrap failed"; }
         common_dirs "$btmp/tree"
         echo hearth >"$btmp/tree/etc/hostname"
         rm -f "$btmp/tree/etc/machine-id"; : >"$btmp/tree/etc/machine-id"
         touch "$btmp/done"
         publish_cache "$btmp" "$base"
         log "Debian tree ready: $(du -sh "$base/tree" | cut -f1) in $(elapsed_since "$start")"
+        prune_cache "$HEARTH_CACHE/rootfs" "base-" 2
     fi
     key="$(hash_inputs "$base_key" "$agent" "$here/build.sh")"
     out="$HEARTH_CACHE/rootfs/debian-$key"
@@ -132,4 +138,5 @@ touch "$tmp/done"
 trap - EXIT
 publish_cache "$tmp" "$out"
 log "built: $(tr '\n' ' ' <"$out/build-info.txt")"
+prune_cache "$HEARTH_CACHE/rootfs" "$variant-" 3
 echo "$out/$(basename "$img")"
