@@ -8,7 +8,9 @@
 # 3. runs each test binary directly when /dev/kvm is hardware virtualization
 #    (harness/probe-hw-virt.sh), otherwise inside the emulated-SVM machine (harness/run-in-svm.sh),
 #    with the artifacts, qemu-system-x86_64 and the binary passed in.
-# Fails when no `vm_*` test exists, when an artifact cannot be built, or when any binary fails.
+# Fails when no `vm_*` test exists, when a required target is missing (HEARTH_VM_REQUIRED, default
+# vm_qemu_reference: the QEMU proof must always run), when an artifact cannot be built, when any
+# binary fails, or when a binary ran no test (no "test result: ok. N passed" with N > 0).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -48,6 +50,11 @@ mapfile -t tests < <(jq -r 'select(.reason == "compiler-artifact" and .executabl
     and (.target.kind | index("test")) and (.target.name | startswith("vm_")))
     | "\(.target.name)\t\(.executable)\t\(.manifest_path)"' <<<"$json")
 [ ${#tests[@]} -gt 0 ] || die "no vm_* integration test targets found in the workspace"
+for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference}; do
+    printf '%s\n' "${tests[@]}" | cut -f1 | grep -qx "$req" || die "required VM test target $req was not built"
+done
+logdir="$(mktemp -d)"
+trap 'rm -rf "$logdir"' EXIT
 
 passed=() failed=()
 for t in "${tests[@]}"; do
@@ -57,17 +64,20 @@ for t in "${tests[@]}"; do
     start=$(date +%s)
     set +e
     if [ "$mode" = direct ]; then
-        (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"})
+        (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"}) 2>&1 | tee "$logdir/$name.log"
     else
         "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$pkgdir" \
             --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
             --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
             --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
             --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE \
-            -- "$exe" ${test_args[@]+"${test_args[@]}"}
+            -- "$exe" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$logdir/$name.log"
     fi
-    rc=$?
+    rc=${PIPESTATUS[0]}
     set -e
+    if [ "$rc" = 0 ] && ! grep -qE '^test result: ok\. [1-9][0-9]* passed' "$logdir/$name.log"; then
+        log "$name exited 0 but ran no test"; rc=1
+    fi
     if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"
     else failed+=("$name"); log "$name FAILED with status $rc ($(elapsed_since "$start"))"; fi
 done
