@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The VM test suite in one command:
 #   harness/run-vm-tests.sh [--direct|--svm] [--timeout SECS] [-- TEST-BINARY-ARGS...]
+# (TEST-BINARY-ARGS default to --show-output.)
 #
 # 1. builds or finds the guest artifacts (harness/artifacts.sh) and exports HEARTH_KERNEL,
 #    HEARTH_BZIMAGE, HEARTH_ROOTFS, HEARTH_ROOTFS_TINY;
@@ -29,6 +30,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 test_args=("$@")
+# Without arguments, show what passing tests printed (boot timings, the REFERENCE line).
+[ ${#test_args[@]} -gt 0 ] || test_args=(--show-output)
 
 ensure_pkgs jq bc
 suite_start=$(date +%s)
