@@ -34,6 +34,10 @@ fn artifact(var: &str) -> PathBuf {
 }
 
 fn require_device(path: &str) {
+    assert!(
+        !Path::new("/sys/module/kvm_pvm").exists(),
+        "this host's KVM is kvm_pvm, which does not boot standard guests: run the VM tests with harness/run-vm-tests.sh"
+    );
     if let Err(e) = OpenOptions::new().read(true).write(true).open(path) {
         panic!(
             "cannot open {path} read-write ({e}); VM tests need hardware virtualization: run them with harness/run-vm-tests.sh"
