@@ -61,8 +61,8 @@ if [[ "$prog" != /* ]]; then
 fi
 [ -x "$prog" ] || fail "program $prog is not an executable file"
 
-for tool in qemu-system-x86_64 cpio busybox; do
-    command -v "$tool" >/dev/null || ensure_pkgs qemu-system-x86 cpio busybox-static
+for tool in qemu-system-x86_64 cpio busybox bc; do
+    command -v "$tool" >/dev/null || ensure_pkgs qemu-system-x86 cpio busybox-static bc
 done
 busybox_bin="$(command -v busybox)"
 is_static "$busybox_bin" || fail "$busybox_bin is dynamically linked; install busybox-static"
