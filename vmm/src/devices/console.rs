@@ -19,7 +19,7 @@ const MAX_LINE: usize = 1024;
 
 const PANIC_MARKER: &str = "Kernel panic - not syncing";
 const POWER_OFF_MARKER: &str = "reboot: Power down";
-const HALT_MARKER: &str = "reboot: System halted";
+const HALT_MARKER: &str = "System halted";
 
 /// The last bytes written to the console, shared with the host handle.
 #[derive(Debug, Clone, Default)]
