@@ -119,7 +119,8 @@ async fn job_routes_check_the_job_token() {
     assert_eq!((status, text.as_str()), (StatusCode::OK, "1"));
 
     let b_id = b.to_string();
-    let cases: Vec<(Vec<(&str, &str)>, &str, StatusCode)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, StatusCode);
+    let cases: Vec<Case> = vec![
         // Missing or malformed job id header.
         (
             vec![
