@@ -46,11 +46,14 @@ pub struct Registry {
     families: Arc<Mutex<BTreeMap<String, Family>>>,
 }
 
+/// Labels in name order, so a series has one identity whatever order callers use.
 fn owned(labels: &[(&str, &str)]) -> Labels {
-    labels
+    let mut l: Labels = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .collect();
+    l.sort();
+    l
 }
 
 fn escape(v: &str) -> String {

@@ -138,6 +138,12 @@ impl QueueClient {
         })
     }
 
+    /// The same client, recording `src_apiworker_apiclient_queue_*` into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> QueueClient {
+        self.metrics = Some(metrics);
+        self
+    }
+
     pub fn options(&self) -> &ClientOptions {
         &self.opts
     }

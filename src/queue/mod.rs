@@ -7,3 +7,4 @@ pub mod server;
 pub mod store;
 pub mod types;
 pub mod version;
+pub mod worker;
