@@ -5,3 +5,4 @@ pub mod config;
 pub mod job;
 pub mod metrics;
 pub mod queue;
+pub mod sandbox;
