@@ -3,6 +3,8 @@
 //! fresh namespaces ([`process`], weaker). Either way the caller gets a connected agent
 //! [`Client`], the workspace at `/work`, and a teardown that removes everything it made.
 
+pub mod process;
+
 use hearth_agent::client::Client;
 use std::future::Future;
 use std::path::PathBuf;
@@ -19,6 +21,20 @@ pub enum IsolationKind {
     Vm,
     /// Namespaces + cgroups on the host kernel: weaker than a VM.
     Process,
+}
+
+impl IsolationKind {
+    /// What every job log (and `hearth validate`) must say about this kind, if anything.
+    pub fn weakness_notice(self) -> Option<&'static str> {
+        match self {
+            IsolationKind::Vm => None,
+            IsolationKind::Process => Some(
+                "WARNING: this job runs with process isolation (namespaces + cgroups on the host \
+                 kernel, EXECUTOR_USE_FIRECRACKER=false / --isolation process). This is weaker than \
+                 a VM: a kernel bug or misconfiguration can let the job reach the host.",
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for IsolationKind {

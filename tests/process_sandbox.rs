@@ -1,0 +1,254 @@
+//! Process isolation on the host (needs root: namespaces and cgroups; fails, never skips,
+//! without them): the workspace at /work, isolated hostname, loopback-only network, the agent as
+//! PID 1, the memory limit, nothing left after teardown, reconcile of orphans.
+
+use hearth::sandbox::process::{ProcessIsolation, ProcessOptions};
+use hearth::sandbox::{Isolation, IsolationKind, Sandbox, SandboxSpec};
+use hearth_agent::proto::{ExecSpec, ExitStatus};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn isolation() -> ProcessIsolation {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "process sandbox tests need root (user/PID/mount namespaces and cgroups)"
+    );
+    ProcessIsolation::new(ProcessOptions {
+        agent_program: PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
+        ..ProcessOptions::default()
+    })
+    .expect("process isolation unavailable on this host")
+}
+
+fn spec(name: &str, workspace: Option<PathBuf>, memory_mib: u64) -> SandboxSpec {
+    SandboxSpec {
+        name: name.into(),
+        cpus: 1,
+        memory_mib,
+        workspace,
+        workspace_disk_mib: 0,
+        sync_back: false,
+        network: false,
+        ready_timeout: Duration::from_secs(20),
+    }
+}
+
+async fn sh(sb: &dyn Sandbox, script: &str) -> (ExitStatus, String, String) {
+    let out = sb
+        .client()
+        .exec_collect(ExecSpec::script(script))
+        .await
+        .expect("exec through the agent");
+    (
+        out.info.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn workspace_hostname_network_pid1_and_clean_teardown() {
+    let iso = isolation();
+    assert_eq!(iso.kind(), IsolationKind::Process);
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("hello.txt"), "from the host\n").unwrap();
+    let sb = iso
+        .start(&spec("ptest-basic", Some(ws.path().to_path_buf()), 256))
+        .await
+        .expect("start");
+    let (status, out, err) = sh(
+        sb.as_ref(),
+        "set -e\n\
+         echo cwd=$(pwd)\n\
+         cat hello.txt\n\
+         echo written > made-inside.txt\n\
+         echo host=$(cat /proc/sys/kernel/hostname)\n\
+         echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline)\n\
+         echo nprocs=$(ls /proc | grep -c '^[0-9]')\n\
+         echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ,)\n\
+         echo lo=$(grep -c . /proc/net/if_inet6 2>/dev/null || echo 0)\n\
+         echo uid=$(id -u)\n\
+         ls /root /home 2>&1 | head -3 || true\n\
+         test ! -e /work/coord && echo no-host-work\n",
+    )
+    .await;
+    assert_eq!(status, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("cwd=/work\n"), "{out}");
+    assert!(out.contains("from the host\n"), "{out}");
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let inner = out
+        .lines()
+        .find_map(|l| l.strip_prefix("host="))
+        .unwrap()
+        .to_string();
+    assert!(inner.starts_with("hearth-"), "{out}");
+    assert_ne!(inner, host_name.trim());
+    assert!(
+        out.contains("pid1=") && out.contains(" agent --listen unix:/run/hearth/agent.sock"),
+        "PID 1 is not the agent: {out}"
+    );
+    assert!(out.contains("ifaces=lo,\n"), "network is not loopback-only: {out}");
+    assert!(out.contains("uid=0\n"), "{out}");
+    assert!(out.contains("no-host-work"), "host /work visible: {out}");
+    // The write reached the host workspace.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("made-inside.txt")).unwrap(),
+        "written\n"
+    );
+    // No interface but lo, no routes.
+    let (st, out, err) = sh(
+        sb.as_ref(),
+        "cat /proc/net/route; echo; cat /sys/class/net/lo/operstate 2>/dev/null; \
+         grep -c . /proc/net/route",
+    )
+    .await;
+    assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
+    assert!(out.trim_end().ends_with('1'), "routes besides the header: {out}");
+    assert!(sb.log_path().unwrap().exists(), "no agent log");
+    sb.teardown().await.expect("teardown");
+    // The workspace is back to its owner (root) with the sandbox's file in it.
+    let meta = std::fs::metadata(ws.path().join("made-inside.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), 0, "workspace ownership not restored");
+}
+
+#[tokio::test]
+async fn teardown_leaves_nothing() {
+    let iso = isolation();
+    let sb = iso
+        .start(&spec("ptest-teardown", None, 128))
+        .await
+        .expect("start");
+    // A background process that would outlive a careless teardown.
+    let (st, out, err) = sh(sb.as_ref(), "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo started").await;
+    assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
+    let log = sb.log_path().unwrap();
+    let dir = log.parent().unwrap().to_path_buf();
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let cgroup_dirs = cgroup_dirs_named(&name);
+    assert!(!cgroup_dirs.is_empty(), "no cgroup dir for {name}");
+    let mut pids = cgroup_pids(&cgroup_dirs);
+    for _ in 0..100 {
+        if pids.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pids = cgroup_pids(&cgroup_dirs);
+    }
+    assert!(pids.len() >= 3, "expected C1, the agent and sleep in the cgroup: {pids:?}");
+    sb.teardown().await.expect("teardown");
+    for d in &cgroup_dirs {
+        assert!(!d.exists(), "cgroup {} left behind", d.display());
+    }
+    assert!(!dir.exists(), "runtime dir {} left behind", dir.display());
+    for p in pids {
+        assert!(!pid_alive(p), "process {p} survived teardown");
+    }
+}
+
+#[tokio::test]
+async fn memory_limit_kills_a_process_over_it() {
+    let iso = isolation();
+    let sb = iso
+        .start(&spec("ptest-oom", None, 64))
+        .await
+        .expect("start");
+    // tail buffers an endless line: it grows until memory.max stops it.
+    let (st, out, err) = sh(sb.as_ref(), "head -c 1000M /dev/zero | tail; echo status=$?").await;
+    assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
+    assert!(
+        out.contains("status=137"),
+        "the process over the limit was not SIGKILLed: {out} {err}"
+    );
+    // The agent survived the OOM kill.
+    let (st, out, _) = sh(sb.as_ref(), "echo alive").await;
+    assert_eq!((st, out.as_str()), (ExitStatus::Code(0), "alive\n"));
+    sb.teardown().await.expect("teardown");
+}
+
+#[tokio::test]
+async fn reconcile_removes_orphans_of_dead_owners_only() {
+    let iso = isolation();
+    let live = iso
+        .start(&spec("ptest-live", None, 128))
+        .await
+        .expect("start");
+    // An orphan: a cgroup and runtime dir named for a dead owner, with a process in it.
+    let name = "ptest-orphan-deadbeef-999999999-1";
+    let dirs = cgroup_dirs_named(&live_name(live.as_ref()))
+        .iter()
+        .map(|d| d.parent().unwrap().join(name))
+        .collect::<Vec<_>>();
+    let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("cgroup.procs"), child.id().to_string()).unwrap();
+    }
+    let rundir = iso.options().runtime_dir.join(name);
+    std::fs::create_dir_all(rundir.join("sock")).unwrap();
+    let report = iso.reconcile();
+    assert!(report.removed.iter().any(|n| n == name), "{report:?}");
+    assert!(
+        !report.removed.iter().any(|n| n == &live_name(live.as_ref())),
+        "a live sandbox was reconciled away"
+    );
+    for d in &dirs {
+        assert!(!d.exists(), "{} not removed", d.display());
+    }
+    assert!(!rundir.exists());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the orphan's process was not killed");
+    // The live sandbox still works.
+    let (st, out, _) = sh(live.as_ref(), "echo ok").await;
+    assert_eq!((st, out.as_str()), (ExitStatus::Code(0), "ok\n"));
+    live.teardown().await.unwrap();
+}
+
+fn live_name(sb: &dyn Sandbox) -> String {
+    sb.log_path()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Every `…/hearth/<name>` cgroup directory on this host.
+fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
+    let out = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("hearth")))
+        .collect()
+}
+
+fn cgroup_pids(dirs: &[PathBuf]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for d in dirs {
+        for p in std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+        {
+            if !pids.contains(&p) {
+                pids.push(p);
+            }
+        }
+    }
+    pids
+}
