@@ -53,6 +53,23 @@ mapfile -t tests < <(jq -r 'select(.reason == "compiler-artifact" and .executabl
     and (.target.kind | index("test")) and (.target.name | startswith("vm_")))
     | "\(.target.name)\t\(.executable)\t\(.manifest_path)"' <<<"$json")
 [ ${#tests[@]} -gt 0 ] || die "no vm_* integration test targets found in the workspace"
+# The workspace's executables built alongside (tests run them through CARGO_BIN_EXE_*, whose
+# paths exist in the outer machine only when passed in): the `hearth` binary, exported to the
+# tests as HEARTH_BIN, plus mkfs.ext4 for its workspace disks.
+mapfile -t bins < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test == false
+    and (.target.kind | index("bin"))) | "\(.target.name)\t\(.executable)"' <<<"$json" | sort -u)
+bin_args=()
+for b in ${bins[@]+"${bins[@]}"}; do
+    IFS=$'\t' read -r bname bexe <<<"$b"
+    [ -x "$bexe" ] || die "built executable $bname ($bexe) is missing"
+    bin_args+=(--bin "$bexe")
+    [ "$bname" != hearth ] || bin_args+=(--env "HEARTH_BIN=$bexe")
+done
+printf '%s\n' ${bins[@]+"${bins[@]}"} | cut -f1 | grep -qx hearth || die "the hearth binary was not built with the vm_* tests"
+ensure_pkgs e2fsprogs
+mkfs_ext4="$(PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4)" || die "mkfs.ext4 not found (e2fsprogs)"
+bin_args+=(--bin "$mkfs_ext4")
+[ ! -f /etc/mke2fs.conf ] || bin_args+=(--file /etc/mke2fs.conf)
 for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference}; do
     printf '%s\n' "${tests[@]}" | cut -f1 | grep -qx "$req" || die "required VM test target $req was not built"
 done
@@ -73,7 +90,7 @@ for t in "${tests[@]}"; do
             --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
             --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
             --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
-            --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE \
+            --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE "${bin_args[@]}" \
             -- "$exe" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$logdir/$name.log"
     fi
     rc=${PIPESTATUS[0]}

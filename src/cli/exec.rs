@@ -1,17 +1,30 @@
 //! `hearth exec`: run one command through an agent, streaming its output live
-//! and exiting with its exit code (128+N when killed by signal N).
+//! and exiting with its exit code (128+N when killed by signal N). Without `--agent` it boots a
+//! VM for the command (`--workspace DIR` becomes the guest's `/work` and changes come back).
 
+use super::vm_opts::VmOpts;
 use anyhow::{Context, bail};
-use hearth_agent::client::{self, ExecEvent};
+use hearth::sandbox::Sandbox;
+use hearth_agent::client::{self, Client, ExecEvent};
 use hearth_agent::proto::{ExecSpec, ExitStatus, OutputStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Agent address: unix:PATH or vsock:CID:PORT.
-    #[arg(long)]
-    pub agent: String,
+    /// Agent address: unix:PATH or vsock:CID:PORT. Without it, a VM is booted for the command.
+    #[arg(long, conflicts_with_all = ["workspace", "kernel", "rootfs", "cpus", "memory", "disk_mib"])]
+    pub agent: Option<String>,
+    /// VM mode: host directory that becomes the guest's /work (default working directory);
+    /// what the command leaves there is copied back when it ends.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// VM mode: size of the /work disk in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub disk_mib: u64,
+    #[command(flatten)]
+    pub vm: VmOpts,
     /// Working directory in the guest.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -42,7 +55,11 @@ fn build_spec(args: &ExecArgs) -> anyhow::Result<ExecSpec> {
         spec.env
             .push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
-    spec.cwd = args.cwd.as_ref().map(|c| c.as_bytes().to_vec());
+    spec.cwd = match (&args.cwd, &args.workspace) {
+        (Some(c), _) => Some(c.as_bytes().to_vec()),
+        (None, Some(_)) => Some(b"/work".to_vec()),
+        (None, None) => None,
+    };
     if let Some(t) = args.timeout {
         if !(t.is_finite() && t > 0.0) {
             bail!("--timeout must be a positive number of seconds");
@@ -54,9 +71,48 @@ fn build_spec(args: &ExecArgs) -> anyhow::Result<ExecSpec> {
 
 pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let spec = build_spec(&args)?;
-    let client = client::connect(&args.agent)
+    if let Some(addr) = &args.agent {
+        let client = client::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        return stream_exec(&client, spec, args.timeout).await;
+    }
+    let iso = args.vm.isolation()?;
+    let mut sandbox_spec = args.vm.spec("exec");
+    if let Some(dir) = &args.workspace {
+        let dir =
+            std::fs::canonicalize(dir).with_context(|| format!("--workspace {}", dir.display()))?;
+        sandbox_spec.workspace = Some(dir);
+        sandbox_spec.workspace_disk_mib = args.disk_mib;
+        sandbox_spec.sync_back = true;
+    }
+    let mut sandbox = iso
+        .start_vm(&sandbox_spec)
         .await
-        .with_context(|| format!("connecting to {}", args.agent))?;
+        .context("booting the VM")?;
+    tracing::info!(timings = %sandbox.timings().detail, "VM ready");
+    let result = stream_exec(sandbox.client(), spec, args.timeout).await;
+    if result.is_err() {
+        sandbox.keep_console_log();
+    }
+    let log = sandbox.console_log().to_path_buf();
+    let stopped = sandbox.shutdown().await;
+    match (result, stopped) {
+        (Ok(code), Ok(exit)) => {
+            tracing::info!(%exit, "VM stopped");
+            Ok(code)
+        }
+        (Ok(_), Err(e)) => Err(e).context("stopping the VM"),
+        (Err(e), _) => Err(e.context(format!("console log: {}", log.display()))),
+    }
+}
+
+/// Runs `spec` through `client`, streaming its output to ours; returns its exit code.
+async fn stream_exec(
+    client: &Client,
+    spec: ExecSpec,
+    timeout: Option<f64>,
+) -> anyhow::Result<ExitCode> {
     let mut stream = client.exec(spec).await.context("starting the command")?;
     let handle = stream.handle();
     let mut stdout = tokio::io::stdout();
@@ -90,7 +146,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 if info.timed_out {
                     eprintln!(
                         "hearth: command timed out after {:?}s",
-                        args.timeout.unwrap_or_default()
+                        timeout.unwrap_or_default()
                     );
                 }
                 let code = match info.status {

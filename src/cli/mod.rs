@@ -2,6 +2,8 @@
 
 mod agent;
 mod exec;
+mod test_vm;
+mod vm_opts;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +22,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Run the guest agent locally as an ordinary process (no VM).
     Agent(agent::AgentArgs),
+    /// Boot the default kernel + rootfs, run `uname -a` in it, print the boot timings.
+    TestVm(test_vm::TestVmArgs),
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
@@ -31,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Exec(args) => runtime.block_on(exec::run(args)),
         Command::Agent(args) => runtime.block_on(agent::run(args)),
+        Command::TestVm(args) => runtime.block_on(test_vm::run(args)),
     }
 }

@@ -3,7 +3,10 @@
 //! fresh namespaces ([`process`], weaker). Either way the caller gets a connected agent
 //! [`Client`], the workspace at `/work`, and a teardown that removes everything it made.
 
+pub mod artifacts;
 pub mod process;
+pub mod vm;
+mod workspace;
 
 use hearth_agent::client::Client;
 use std::future::Future;

@@ -1,0 +1,202 @@
+//! The `hearth` binary booting real VMs: `hearth test-vm`, and `hearth exec` without `--agent`
+//! (exit codes, output bytes, `--workspace` round trip). Needs /dev/kvm with hardware
+//! virtualization and the guest artifacts: run through harness/run-vm-tests.sh, which passes
+//! the `hearth` binary in as HEARTH_BIN.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: under the emulated-SVM harness one boot takes seconds to tens of seconds.
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn hearth() -> PathBuf {
+    match std::env::var_os("HEARTH_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
+    }
+}
+
+/// Panics with the reason unless KVM and the kernel + rootfs are available.
+fn require_vm() {
+    for var in ["HEARTH_KERNEL", "HEARTH_ROOTFS"] {
+        let Some(p) = std::env::var_os(var) else {
+            panic!(
+                "{var} is not set: run `eval \"$(harness/artifacts.sh)\"` or harness/run-vm-tests.sh"
+            );
+        };
+        assert!(
+            PathBuf::from(&p).is_file(),
+            "{var}={} does not exist",
+            PathBuf::from(p).display()
+        );
+    }
+    if let Err(e) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!(
+            "this test needs /dev/kvm with hardware virtualization (use harness/run-vm-tests.sh): {e}"
+        );
+    }
+    let bin = hearth();
+    assert!(
+        bin.is_file(),
+        "the hearth binary {} is missing",
+        bin.display()
+    );
+}
+
+/// Runs `hearth ARGS`, killing it after [`LIMIT`].
+fn run(args: &[&str]) -> Output {
+    require_vm();
+    let start = Instant::now();
+    let mut child = Command::new(hearth())
+        .args(args)
+        .env("HEARTH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hearth");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).map(|_| v)
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).map(|_| v)
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for hearth") {
+            break s;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_t.join().unwrap().unwrap_or_default();
+            panic!(
+                "hearth {args:?} still running after {LIMIT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = Output {
+        status,
+        stdout: out_t.join().unwrap().expect("reading stdout"),
+        stderr: err_t.join().unwrap().expect("reading stderr"),
+    };
+    eprintln!(
+        "hearth {args:?}: {status} in {:.1} s\n--- stderr ---\n{}",
+        start.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn test_vm_runs_uname_and_prints_boot_timings() {
+    let out = run(&["test-vm"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("--- stdout ---\n{stdout}");
+    assert!(out.status.success(), "hearth test-vm failed");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("Linux ")),
+        "no uname line in {stdout:?}"
+    );
+    for phase in [
+        "boot phases:",
+        "VM created→kernel entry",
+        "kernel entry→agent ready",
+        "agent ready (start → handshake):",
+        "VM stopped:",
+    ] {
+        assert!(stdout.contains(phase), "{phase:?} missing from {stdout:?}");
+    }
+    // The phases carry numbers, not "-" placeholders.
+    let phases = stdout
+        .lines()
+        .find(|l| l.starts_with("boot phases:"))
+        .unwrap();
+    assert!(
+        !phases.contains(" -,") && phases.matches(" ms").count() >= 4,
+        "{phases}"
+    );
+}
+
+#[test]
+fn exec_streams_output_and_exits_with_the_command_code() {
+    let out = run(&["exec", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"]);
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("oops\n"),
+        "stderr"
+    );
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn exec_passes_non_utf8_bytes_through_unchanged() {
+    // Every byte value, on stdout and on stderr (bash: Debian's sh is dash).
+    let script = "for s in 1 2; do printf \"$(printf '\\\\%03o' $(seq 0 255))\" >&$s; done";
+    let out = run(&["exec", "--", "bash", "-c", script]);
+    assert!(out.status.success());
+    let all: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(out.stdout, all);
+    assert!(
+        out.stderr.windows(256).any(|w| w == all.as_slice()),
+        "stderr lacks the 256 bytes"
+    );
+}
+
+#[test]
+fn exec_workspace_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    std::fs::create_dir_all(ws.join("sub")).unwrap();
+    std::fs::write(ws.join("in.txt"), b"from the host\n").unwrap();
+    std::fs::write(ws.join("gone.txt"), b"delete me\n").unwrap();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(ws.join("sub/blob.bin"), &blob).unwrap();
+    let script = "pwd; cat in.txt; wc -c < sub/blob.bin; echo made in the guest > sub/new.txt; \
+                  printf '\\377\\000' > bin.dat; rm gone.txt; mkdir -p deep/er && echo x > deep/er/f";
+    let ws_arg = ws.to_str().unwrap();
+    let out = run(&["exec", "--workspace", ws_arg, "--", "bash", "-c", script]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["/work", "from", "the", "host", "200000"]
+    );
+    assert_eq!(
+        std::fs::read(ws.join("sub/new.txt")).unwrap(),
+        b"made in the guest\n"
+    );
+    assert_eq!(std::fs::read(ws.join("bin.dat")).unwrap(), [0xff, 0]);
+    assert_eq!(std::fs::read(ws.join("deep/er/f")).unwrap(), b"x\n");
+    assert_eq!(std::fs::read(ws.join("sub/blob.bin")).unwrap(), blob);
+    assert_eq!(
+        std::fs::read(ws.join("in.txt")).unwrap(),
+        b"from the host\n"
+    );
+    assert!(!ws.join("gone.txt").exists(), "deleted in the guest");
+    assert!(!ws.join("lost+found").exists(), "mkfs artefact came back");
+    // The command's failure still brings the workspace back and keeps its code.
+    let out = run(&[
+        "exec",
+        "--workspace",
+        ws_arg,
+        "--",
+        "sh",
+        "-c",
+        "echo again > in.txt; exit 9",
+    ]);
+    assert_eq!(out.status.code(), Some(9));
+    assert_eq!(std::fs::read(ws.join("in.txt")).unwrap(), b"again\n");
+}
