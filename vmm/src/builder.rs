@@ -22,8 +22,12 @@ use crate::vstate::vm::KvmVm;
 use crate::{Vm, VmError, event_loop, timings};
 
 /// Kernel parameters every guest gets: serial console, reboot via the keyboard controller,
-/// immediate reboot on panic, no PCI/ACPI probing or modules.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule \
+/// immediate reboot on panic, no PCI/ACPI probing or modules, and `quiet`: every console byte is
+/// a port-I/O exit to the VMM (two with the 8250 driver's LSR polling), so the default boot log
+/// alone cost more than the rest of the boot under the emulated harness (see BENCHMARKS.md).
+/// Errors, panics and the power-off/halt lines are still printed (KERN_EMERG..KERN_ERR);
+/// `cmdline_extra("loglevel=7")` brings the full log back.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1";
 
 /// The agent path on the rootfs.

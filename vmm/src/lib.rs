@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use builder::VmBuilder;
+pub use builder::{DEFAULT_CMDLINE, VmBuilder};
 pub use timings::BootTimings;
 
 use crate::devices::console::ConsoleTail;
@@ -211,6 +211,19 @@ impl Vm {
     /// The last 16 KiB of console output.
     pub fn console_tail(&self) -> String {
         self.console_tail.snapshot()
+    }
+
+    /// Host virtual address ranges `(start, length)` of the guest RAM mappings (for memory
+    /// accounting: the VMM's own overhead is the process RSS outside these ranges).
+    pub fn guest_ram_host_ranges(&self) -> Vec<(u64, u64)> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        self._mem
+            .iter()
+            .filter_map(|r| {
+                let host = self._mem.get_host_address(r.start_addr()).ok()?;
+                Some((host as u64, r.len()))
+            })
+            .collect()
     }
 
     fn join_threads(&mut self) {

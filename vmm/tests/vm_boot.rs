@@ -16,6 +16,8 @@ fn kernel_without_root_disk_panics_and_is_reported() {
     let mut vm = VmBuilder::new()
         .kernel(&kernel)
         .memory_mib(128)
+        // The default `quiet` hides the banner (KERN_NOTICE).
+        .cmdline_extra("loglevel=7")
         .console_log(&log)
         .deadline(Duration::from_secs(60))
         .start()
@@ -57,6 +59,51 @@ fn tiny_rootfs_boots_to_agent_ready() {
         );
     }
     eprintln!("boot timings: {}", vm.timings());
+    assert!(vm.exit().is_none());
+    assert_eq!(vm.kill(), VmExit::Killed);
+}
+
+/// The bzImage (linux-loader's bzImage loader, Linux 64-bit boot protocol with the zero page)
+/// boots the tiny rootfs to a working agent.
+#[test]
+fn bzimage_boots_tiny_rootfs_to_agent() {
+    use hearth_agent::client::Client;
+    use hearth_agent::proto::{ExecSpec, ExitStatus};
+
+    common::require_kvm();
+    let bzimage = common::artifact("HEARTH_BZIMAGE");
+    let rootfs = common::artifact("HEARTH_ROOTFS_TINY");
+    let dir = common::scratch("bzimage");
+    let log = dir.join("console.log");
+    let mut vm = VmBuilder::new()
+        .kernel(&bzimage)
+        .rootfs(&rootfs, true)
+        .cmdline_extra("hearth.overlay=tmpfs")
+        .memory_mib(256)
+        .console_log(&log)
+        .deadline(Duration::from_secs(180))
+        .start()
+        .unwrap();
+    if let Err(e) = vm.wait_ready(Duration::from_secs(150)) {
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("bzImage: agent not ready: {e}; console:\n{console}");
+    }
+    eprintln!("bzImage boot timings: {}", vm.timings());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stream = vm.connect(1024).await.expect("vsock connect");
+        let client = Client::handshake(stream).await.expect("handshake");
+        let out = client
+            .exec_collect(ExecSpec::argv(["uname", "-r"]))
+            .await
+            .expect("exec uname");
+        assert_eq!(out.info.status, ExitStatus::Code(0));
+        let release = String::from_utf8_lossy(&out.stdout);
+        assert!(release.starts_with("6.12."), "uname -r: {release}");
+    });
     assert!(vm.exit().is_none());
     assert_eq!(vm.kill(), VmExit::Killed);
 }

@@ -2,11 +2,27 @@
 //! hypervisor bit set.
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Cap, Kvm};
 
-/// Host CPUID as supported by KVM.
+/// Host CPUID as supported by KVM, plus the TSC-deadline timer when KVM emulates it (KVM
+/// leaves that bit to the VMM). Without it the guest calibrates its LAPIC timer against the PIT
+/// at boot (LAPIC_CAL_LOOPS jiffies) and programs it through more exits afterwards; QEMU's
+/// `-cpu host` exposes it too.
 pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+    let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        enable_tsc_deadline(&mut cpuid);
+    }
+    Ok(cpuid)
+}
+
+/// Sets CPUID.1:ECX.TSC_DEADLINE.
+pub fn enable_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == LEAF_FEATURES {
+            e.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
 }
 
 const LEAF_FEATURES: u32 = 0x1;
@@ -14,6 +30,7 @@ const LEAF_PERFMON: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 
 /// Filters `cpuid` for vCPU `cpu_id` of `ncpus`: APIC ids, logical processor count, hypervisor
@@ -80,5 +97,8 @@ mod tests {
         assert_eq!(s[2].edx, 3);
         filter_for_vcpu(&mut c, 0, 1);
         assert_eq!(c.as_slice()[0].edx & EDX_HTT, 0);
+        enable_tsc_deadline(&mut c);
+        assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(c.as_slice()[1].ecx, 0);
     }
 }

@@ -16,10 +16,17 @@ use super::{
     VirtioDevice,
 };
 
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Data segments per request announced in `seg_max` (a chain also holds header and status).
+/// Without VIRTIO_BLK_F_SEG_MAX Linux sends one segment per request: every 4 KiB page of a
+/// readahead becomes its own request, notification and interrupt.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Config space: capacity (le64), size_max (le32, unused: no VIRTIO_BLK_F_SIZE_MAX), seg_max.
+const CONFIG_LEN: usize = 16;
 
 /// Errors opening a disk.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +55,7 @@ struct Active {
 /// A virtio block device.
 pub struct Block {
     disk: Disk,
-    config: [u8; 8],
+    config: [u8; CONFIG_LEN],
     activate_evt: EventFd,
     pending: Option<ActivateArgs>,
     active: Option<Active>,
@@ -91,7 +98,7 @@ impl Block {
                 sectors,
                 id: idb,
             },
-            config: sectors.to_le_bytes(),
+            config: config_space(sectors),
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?,
             pending: None,
             active: None,
@@ -169,6 +176,13 @@ impl Block {
     }
 }
 
+fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    c[..8].copy_from_slice(&sectors.to_le_bytes());
+    c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+    c
+}
+
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
@@ -215,7 +229,7 @@ impl VirtioDevice for Block {
         } else {
             0
         };
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | ro
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | ro
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -254,5 +268,41 @@ impl VirtioDevice for Block {
             self.stale_evts.push(a.evt);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_announces_capacity_and_seg_max() {
+        let f = tempfile_of(8 * SECTOR_SIZE);
+        let b = Block::from_file(f, true, "t").unwrap();
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut seg = [0u8; 4];
+        b.read_config(12, &mut seg);
+        assert_eq!(u32::from_le_bytes(seg), SEG_MAX);
+        assert_ne!(b.avail_features() & VIRTIO_BLK_F_SEG_MAX, 0);
+        assert_ne!(b.avail_features() & VIRTIO_BLK_F_RO, 0);
+        let mut past = [0xffu8; 4];
+        b.read_config(CONFIG_LEN as u64, &mut past);
+        assert_eq!(past, [0; 4]);
+    }
+
+    fn tempfile_of(len: u64) -> File {
+        let path = std::env::temp_dir().join(format!("hearth-blk-test-{}", std::process::id()));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.set_len(len).unwrap();
+        f
     }
 }
