@@ -32,9 +32,9 @@ impl IsolationKind {
         match self {
             IsolationKind::Vm => None,
             IsolationKind::Process => Some(
-                "WARNING: this job runs with process isolation (namespaces + cgroups on the host \
-                 kernel, EXECUTOR_USE_FIRECRACKER=false / --isolation process). This is weaker than \
-                 a VM: a kernel bug or misconfiguration can let the job reach the host.",
+                "WARNING: process isolation (EXECUTOR_USE_FIRECRACKER=false / --isolation \
+                 process) is weaker than a VM: jobs run in namespaces and cgroups on the host's \
+                 own kernel, so a kernel bug or a misconfiguration can let a job reach the host.",
             ),
         }
     }

@@ -254,7 +254,12 @@ pub(super) async fn start(
     sb.client = Some(client);
     sb.timings = StartTimings {
         total: begun.elapsed(),
-        detail: format!("process sandbox {name}, cgroup {}", cgroups.version()),
+        // Job runners log this detail: it carries the notice every process-mode job log needs.
+        detail: format!(
+            "process sandbox {name}, cgroup {}\n{}",
+            cgroups.version(),
+            IsolationKind::Process.weakness_notice().unwrap_or_default()
+        ),
     };
     tracing::info!(sandbox = %name, pid1 = sb.pid1, elapsed = ?sb.timings.total, "process sandbox ready");
     Ok(sb)
@@ -448,7 +453,8 @@ impl Sandbox for ProcessSandbox {
             if let Some(c) = &self.client {
                 let _ = tokio::time::timeout(Duration::from_secs(2), c.shutdown()).await;
             }
-            tokio::task::spawn_blocking(move || self.cleanup(Duration::from_secs(2)))
+            // The agent synced before acknowledging; PID 1 exiting (or being killed) ends the rest.
+            tokio::task::spawn_blocking(move || self.cleanup(Duration::from_millis(300)))
                 .await
                 .map_err(|e| SandboxError::Teardown(e.to_string()))?
                 .map_err(SandboxError::Teardown)
