@@ -35,14 +35,26 @@ fn check_git<'a>(
         format!("$WS/{repo_dir}")
     };
     let git = |args: &[&str]| [s(&["git", "-C", &r]), s(args)].concat();
-    let mut fetch = s(&["-c", "protocol.version=2", "fetch", "--progress", "--no-recurse-submodules"]);
+    let mut fetch = s(&[
+        "-c",
+        "protocol.version=2",
+        "fetch",
+        "--progress",
+        "--no-recurse-submodules",
+    ]);
     fetch.extend(s(fetch_flags));
     fetch.extend(s(&["origin", commit]));
     let fetch: Vec<&str> = fetch.iter().map(String::as_str).collect();
     let mut expected = vec![
         ("setup.git.init", git(&["init"])),
-        ("setup.git.add-remote", git(&["remote", "add", "origin", &format!("$PROXY/{REPO}")])),
-        ("setup.git.disable-gc", git(&["config", "--local", "gc.auto", "0"])),
+        (
+            "setup.git.add-remote",
+            git(&["remote", "add", "origin", &format!("$PROXY/{REPO}")]),
+        ),
+        (
+            "setup.git.disable-gc",
+            git(&["config", "--local", "gc.auto", "0"]),
+        ),
         ("setup.git.fetch", git(&fetch)),
     ];
     if !sparse.is_empty() {
@@ -55,12 +67,25 @@ fn check_git<'a>(
         expected.push(("setup.git.sparse-checkout-set", git(&set)));
         expected.push((
             "setup.git.checkout",
-            git(&["-c", "protocol.version=2", "checkout", "--progress", "--force", commit]),
+            git(&[
+                "-c",
+                "protocol.version=2",
+                "checkout",
+                "--progress",
+                "--force",
+                commit,
+            ]),
         ));
     } else {
-        expected.push(("setup.git.checkout", git(&["checkout", "--progress", "--force", commit])));
+        expected.push((
+            "setup.git.checkout",
+            git(&["checkout", "--progress", "--force", commit]),
+        ));
     }
-    expected.push(("setup.git.set-remote", git(&["remote", "set-url", "origin", REPO])));
+    expected.push((
+        "setup.git.set-remote",
+        git(&["remote", "set-url", "origin", REPO]),
+    ));
     assert!(logs.len() >= expected.len(), "{logs:#?}");
     for (entry, (key, command)) in logs.iter().zip(&expected) {
         assert_eq!((entry.key.as_str(), &entry.command), (*key, command));
@@ -72,13 +97,21 @@ fn check_git<'a>(
                 "{entry:#?}"
             ),
             "setup.git.fetch" => {
-                assert!(entry.out.lines().all(|l| l.starts_with("stderr: ")), "{entry:#?}");
                 assert!(
-                    entry.stderr().contains(&format!("From $PROXY/{REPO}").as_str()),
+                    entry.out.lines().all(|l| l.starts_with("stderr: ")),
                     "{entry:#?}"
                 );
                 assert!(
-                    entry.stderr().iter().any(|l| l.contains(&format!("{commit} -> FETCH_HEAD"))),
+                    entry
+                        .stderr()
+                        .contains(&format!("From $PROXY/{REPO}").as_str()),
+                    "{entry:#?}"
+                );
+                assert!(
+                    entry
+                        .stderr()
+                        .iter()
+                        .any(|l| l.contains(&format!("{commit} -> FETCH_HEAD"))),
                     "{entry:#?}"
                 );
             }
@@ -100,11 +133,21 @@ fn extras(paths: &[&str]) -> Entry {
         key: "setup.fs.extras".into(),
         command: vec![],
         exit_code: Some(0),
-        out: paths.iter().map(|p| format!("Wrote $WS/{p} in $D\n")).collect(),
+        out: paths
+            .iter()
+            .map(|p| format!("Wrote $WS/{p} in $D\n"))
+            .collect(),
     }
 }
 
-fn step(key: &str, script: &str, exit: i32, image: &str, stdout: &[&str], stderr: &[&str]) -> Entry {
+fn step(
+    key: &str,
+    script: &str,
+    exit: i32,
+    image: &str,
+    stdout: &[&str],
+    stderr: &[&str],
+) -> Entry {
     let mut out = format!("stderr: {}\n", image_note(image));
     for l in stderr {
         out.push_str(&format!("stderr: {l}\n"));
@@ -126,11 +169,19 @@ fn assert_entries(actual: &[Entry], expected: &[Entry]) {
     let keys = |v: &[Entry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
     assert_eq!(keys(actual), keys(expected), "{actual:#?}");
     for (a, e) in actual.iter().zip(expected) {
-        assert_eq!((&a.key, &a.command, a.exit_code), (&e.key, &e.command, e.exit_code), "{a:#?}");
+        assert_eq!(
+            (&a.key, &a.command, a.exit_code),
+            (&e.key, &e.command, e.exit_code),
+            "{a:#?}"
+        );
         if a.key.starts_with("step.") {
             assert_eq!(a.stdout(), e.stdout(), "{a:#?}");
             assert_eq!(a.stderr(), e.stderr(), "{a:#?}");
-            assert!(a.out.lines().all(|l| l.starts_with("stdout: ") || l.starts_with("stderr: ")));
+            assert!(
+                a.out
+                    .lines()
+                    .all(|l| l.starts_with("stdout: ") || l.starts_with("stderr: "))
+            );
         } else {
             assert_eq!(a.out, e.out, "{a:#?}");
         }
@@ -139,7 +190,11 @@ fn assert_entries(actual: &[Entry], expected: &[Entry]) {
 
 /// The step script name for a job cloning [`REPO`] at `commit` (empty: a job without a repo).
 fn script(id: i64, index: usize, commit: &str) -> String {
-    let repo = if commit.is_empty() { String::new() } else { REPO.replace('/', "_") };
+    let repo = if commit.is_empty() {
+        String::new()
+    } else {
+        REPO.replace('/', "_")
+    };
     format!("{id}.{index}_{repo}@{commit}.sh")
 }
 
@@ -148,7 +203,10 @@ fn assert_proxy_auth(h: &E2e, id: i64) {
     let seen = h.git.seen();
     assert!(!seen.is_empty());
     for r in seen {
-        assert!(r.path.starts_with(&format!("/.executors/git/{REPO}/")), "{r:?}");
+        assert!(
+            r.path.starts_with(&format!("/.executors/git/{REPO}/")),
+            "{r:?}"
+        );
         let auth = r.authorization.unwrap_or_default();
         assert!(auth.starts_with("Bearer ") && auth.len() > 20, "{auth}");
         assert_eq!(r.job_id.as_deref(), Some(id.to_string().as_str()));
@@ -169,8 +227,11 @@ async fn docker_steps_full_clone() {
     let rest = check_git(&logs[1..], "repository", &h.git.head, &[], &[]);
     let (s0, s1) = (script(id, 0, &h.git.head), script(id, 1, &h.git.head));
     let mut expected = vec![
-        extras(&[&format!(".sourcegraph-executor/{s0}"), &format!(".sourcegraph-executor/{s1}")]),
-        sandbox_start_entry(),
+        extras(&[
+            &format!(".sourcegraph-executor/{s0}"),
+            &format!(".sourcegraph-executor/{s1}"),
+        ]),
+        h.sandbox_start_entry(),
         step(
             "step.docker.hello",
             &s0,
@@ -199,18 +260,42 @@ async fn cli_step_legacy_path_with_tags() {
     let h = E2e::start().await;
     let id = h.submit("cli-step.json");
     h.work(1, 1, MINUTE).await;
-    assert_eq!(h.record(id).state, JobState::Completed, "{:?}", h.record(id));
+    assert_eq!(
+        h.record(id).state,
+        JobState::Completed,
+        "{:?}",
+        h.record(id)
+    );
     let logs = h.normalized_logs(id);
     assert_eq!(logs[0], workspace_entry());
     let rest = check_git(&logs[1..], "repository", &h.git.head, &["--tags"], &[]);
     let s0 = script(id, 0, &h.git.head);
     let mut expected = vec![
-        extras(&["bin/src", "input.json", &format!(".sourcegraph-executor/{s0}")]),
-        sandbox_start_entry(),
-        step("step.docker.tags", &s0, 0, "alpine:3", &["v1"], &["+ git tag"]),
+        extras(&[
+            "bin/src",
+            "input.json",
+            &format!(".sourcegraph-executor/{s0}"),
+        ]),
+        h.sandbox_start_entry(),
+        step(
+            "step.docker.tags",
+            &s0,
+            0,
+            "alpine:3",
+            &["v1"],
+            &["+ git tag"],
+        ),
         Entry {
             key: "step.src.batch-exec".into(),
-            command: s(&["src", "batch", "exec", "-f", "input.json", "-repo", "repository"]),
+            command: s(&[
+                "src",
+                "batch",
+                "exec",
+                "-f",
+                "input.json",
+                "-repo",
+                "repository",
+            ]),
             exit_code: Some(0),
             out: "stdout: src batch exec -f input.json -repo repository\n\
                   stdout: cwd /work/repository\n"
@@ -227,13 +312,24 @@ async fn shallow_clone_of_an_older_commit() {
     let h = E2e::start().await;
     let id = h.submit("shallow.json");
     h.work(1, 1, MINUTE).await;
-    assert_eq!(h.record(id).state, JobState::Completed, "{:?}", h.record(id));
+    assert_eq!(
+        h.record(id).state,
+        JobState::Completed,
+        "{:?}",
+        h.record(id)
+    );
     let logs = h.normalized_logs(id);
-    let rest = check_git(&logs[1..], "", &h.git.first, &["--no-tags", "--depth=1"], &[]);
+    let rest = check_git(
+        &logs[1..],
+        "",
+        &h.git.first,
+        &["--no-tags", "--depth=1"],
+        &[],
+    );
     let s0 = script(id, 0, &h.git.first);
     let mut expected = vec![
         extras(&[&format!(".sourcegraph-executor/{s0}")]),
-        sandbox_start_entry(),
+        h.sandbox_start_entry(),
         step(
             "step.docker.inspect",
             &s0,
@@ -259,7 +355,12 @@ async fn sparse_checkout_fetches_only_the_patterns() {
     let h = E2e::start().await;
     let id = h.submit("sparse.json");
     h.work(1, 1, MINUTE).await;
-    assert_eq!(h.record(id).state, JobState::Completed, "{:?}", h.record(id));
+    assert_eq!(
+        h.record(id).state,
+        JobState::Completed,
+        "{:?}",
+        h.record(id)
+    );
     let logs = h.normalized_logs(id);
     let rest = check_git(
         &logs[1..],
@@ -271,7 +372,7 @@ async fn sparse_checkout_fetches_only_the_patterns() {
     let s0 = script(id, 0, &h.git.head);
     let mut expected = vec![
         extras(&[&format!(".sourcegraph-executor/{s0}")]),
-        sandbox_start_entry(),
+        h.sandbox_start_entry(),
         step(
             "step.docker.step.0.run",
             &s0,
@@ -292,13 +393,23 @@ async fn files_are_written_with_mode_and_mtime() {
     let h = E2e::start().await;
     let id = h.submit("files.json");
     h.work(1, 1, MINUTE).await;
-    assert_eq!(h.record(id).state, JobState::Completed, "{:?}", h.record(id));
+    assert_eq!(
+        h.record(id).state,
+        JobState::Completed,
+        "{:?}",
+        h.record(id)
+    );
     let logs = h.normalized_logs(id);
     let s0 = script(id, 0, "");
     let mut expected = vec![
         workspace_entry(),
-        extras(&["input.json", "nested/dir/data.bin", "stamped.txt", &format!(".sourcegraph-executor/{s0}")]),
-        sandbox_start_entry(),
+        extras(&[
+            "input.json",
+            "nested/dir/data.bin",
+            "stamped.txt",
+            &format!(".sourcegraph-executor/{s0}"),
+        ]),
+        h.sandbox_start_entry(),
         step(
             "step.docker.show",
             &s0,
@@ -366,7 +477,12 @@ async fn redacted_values_never_leave_the_process() {
     let h = E2e::start().await;
     let id = h.submit("redaction.json");
     h.work(1, 1, MINUTE).await;
-    assert_eq!(h.record(id).state, JobState::Completed, "{:?}", h.record(id));
+    assert_eq!(
+        h.record(id).state,
+        JobState::Completed,
+        "{:?}",
+        h.record(id)
+    );
     let raw = h.logs(id);
     let all = serde_json::to_string(&raw).unwrap();
     assert!(!all.contains("pa55word-xyz"), "{all}");
@@ -376,7 +492,7 @@ async fn redacted_values_never_leave_the_process() {
     let mut expected = vec![
         workspace_entry(),
         extras(&[&format!(".sourcegraph-executor/{s0}")]),
-        sandbox_start_entry(),
+        h.sandbox_start_entry(),
         step(
             "step.docker.leaky",
             &s0,
@@ -412,21 +528,34 @@ async fn failing_step_stops_the_job_and_marks_it_errored() {
     let (s0, s1) = (script(id, 0, ""), script(id, 1, ""));
     let mut expected = vec![
         workspace_entry(),
-        extras(&[&format!(".sourcegraph-executor/{s0}"), &format!(".sourcegraph-executor/{s1}")]),
-        sandbox_start_entry(),
-        step("step.docker.fails", &s0, 3, "alpine:3", &["before"], &["+ echo before", "+ exit 3"]),
+        extras(&[
+            &format!(".sourcegraph-executor/{s0}"),
+            &format!(".sourcegraph-executor/{s1}"),
+        ]),
+        h.sandbox_start_entry(),
+        step(
+            "step.docker.fails",
+            &s0,
+            3,
+            "alpine:3",
+            &["before"],
+            &["+ echo before", "+ exit 3"],
+        ),
     ];
     expected.extend(teardown_entries());
     assert_entries(&h.normalized_logs(id), &expected);
     h.assert_clean();
 }
 
-fn slow_expected(id: i64) -> Vec<Entry> {
+fn slow_expected(h: &E2e, id: i64) -> Vec<Entry> {
     let (s0, s1) = (script(id, 0, ""), script(id, 1, ""));
     let mut expected = vec![
         workspace_entry(),
-        extras(&[&format!(".sourcegraph-executor/{s0}"), &format!(".sourcegraph-executor/{s1}")]),
-        sandbox_start_entry(),
+        extras(&[
+            &format!(".sourcegraph-executor/{s0}"),
+            &format!(".sourcegraph-executor/{s1}"),
+        ]),
+        h.sandbox_start_entry(),
         step(
             "step.docker.slow",
             &s0,
@@ -458,7 +587,7 @@ async fn runtime_limit_kills_the_step_and_errors_the_job() {
              context deadline exceeded"
         )
     );
-    assert_entries(&h.normalized_logs(id), &slow_expected(id));
+    assert_entries(&h.normalized_logs(id), &slow_expected(&h, id));
     h.assert_clean();
 }
 
@@ -489,7 +618,7 @@ async fn cancel_is_acted_on_within_a_second_of_the_heartbeat() {
         Some("running command \"step.docker.slow\": context canceled")
     );
     let logs = h.normalized_logs(id);
-    assert_entries(&logs, &slow_expected(id));
+    assert_entries(&logs, &slow_expected(&h, id));
     let step_ms = h.logs(id)[3].duration_ms.unwrap();
     assert!(step_ms < 2500, "the step ran {step_ms} ms");
     h.assert_clean();

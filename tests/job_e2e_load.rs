@@ -71,6 +71,37 @@ fn our_processes(marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sandbox cgroups (`<our cgroup>/hearth/executor-*`) that still exist, in every hierarchy.
+fn our_cgroups() -> Vec<String> {
+    let mut out = Vec::new();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        let mount = match controllers {
+            "" => "unified".to_string(),
+            c => c.trim_start_matches("name=").to_string(),
+        };
+        for base in [
+            format!("/sys/fs/cgroup/{mount}{path}/hearth"),
+            format!("/sys/fs/cgroup{path}/hearth"),
+        ] {
+            for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("executor-") {
+                    out.push(format!("{base}/{name}"));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_jobs_at_concurrency_two_leak_nothing() {
     let _serial = SERIAL.lock().await;
@@ -108,6 +139,11 @@ async fn hundred_jobs_at_concurrency_two_leak_nothing() {
         procs_after.len()
     );
     assert_eq!(procs_after, procs_before, "processes left behind");
+    assert_eq!(
+        our_cgroups(),
+        Vec::<String>::new(),
+        "sandbox cgroups left behind"
+    );
     // Idle keep-alive connections of the (new) queue client may differ by a few; a per-job
     // leak would show as 100 or more.
     assert!(
@@ -190,10 +226,10 @@ async fn frontend_outage_mid_job_loses_no_log_entry() {
             "teardown.fs"
         ]
     );
-    assert!(logs.iter().all(|e| e.exit_code == Some(0) && e.duration_ms.is_some()));
-    for e in &logs {
-        eprintln!("{} {:?} ms", e.key, e.duration_ms);
-    }
+    assert!(
+        logs.iter()
+            .all(|e| e.exit_code == Some(0) && e.duration_ms.is_some())
+    );
     let step = &logs[9];
     let stdout: Vec<&str> = step
         .out

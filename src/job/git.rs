@@ -77,8 +77,14 @@ pub fn clone_commands(job: &Job, repo: &Path, clone_url: &str) -> Vec<HostComman
 
     let mut cmds = vec![
         git("setup.git.init", &["init"]),
-        git("setup.git.add-remote", &["remote", "add", "origin", clone_url]),
-        git("setup.git.disable-gc", &["config", "--local", "gc.auto", "0"]),
+        git(
+            "setup.git.add-remote",
+            &["remote", "add", "origin", clone_url],
+        ),
+        git(
+            "setup.git.disable-gc",
+            &["config", "--local", "gc.auto", "0"],
+        ),
         git("setup.git.fetch", &fetch),
     ];
     if sparse {
@@ -154,7 +160,11 @@ mod tests {
             sparse_checkout: vec!["web/*".into()],
             ..Default::default()
         };
-        let cmds = clone_commands(&job, Path::new("/ws/repo"), "http://127.0.0.1:1/github.com/a/b");
+        let cmds = clone_commands(
+            &job,
+            Path::new("/ws/repo"),
+            "http://127.0.0.1:1/github.com/a/b",
+        );
         let keys: Vec<&str> = cmds.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(
             keys,

@@ -60,17 +60,20 @@ async fn pump<R: AsyncRead + Unpin>(pipe: Option<R>, push: impl Fn(&[u8])) {
     }
 }
 
-fn kill_group(pgid: Option<u32>) {
-    let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) else {
-        return;
-    };
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: killpg takes plain integers; the group is the one we created for this command
-    // (process_group(0) made the child its leader), and ESRCH when it is gone is harmless.
-    unsafe {
-        libc::killpg(pgid, libc::SIGKILL);
+/// Kills the command's process group when dropped: after it exits, when it is cancelled, and
+/// when the job's future is dropped mid-command.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let Some(pgid) = self.0.filter(|p| *p > 1) else {
+            return;
+        };
+        // SAFETY: killpg takes plain integers; the group is the one created for this command
+        // (process_group(0) made the child its leader), and ESRCH when it is gone is harmless.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
     }
 }
 
@@ -115,7 +118,7 @@ pub async fn run_logged(
             return Err(CommandError::Start(e));
         }
     };
-    let pgid = child.id();
+    let group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let outcome = {
@@ -137,7 +140,7 @@ pub async fn run_logged(
             _ = cancel.tripped() => None,
         }
     };
-    kill_group(pgid);
+    drop(group);
     match outcome {
         None => {
             let _ = child.wait().await;

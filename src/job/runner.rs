@@ -144,9 +144,10 @@ impl JobRunner {
 
         let entry = run.sink.open("teardown.fs", Vec::new());
         if self.opts.keep_workspaces {
+            let kept = ws.keep();
             entry.write_raw(&format!(
                 "Inspect the workspace contents at: {}\n",
-                ws.path().display()
+                kept.display()
             ));
             entry.finish(0);
         } else {
@@ -238,7 +239,12 @@ impl JobRunner {
         Ok(out)
     }
 
-    async fn in_sandbox(&self, run: &Run<'_>, ws: &Workspace, steps: &[Step]) -> Result<(), String> {
+    async fn in_sandbox(
+        &self,
+        run: &Run<'_>,
+        ws: &Workspace,
+        steps: &[Step],
+    ) -> Result<(), String> {
         let job = &run.ctx.job;
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let spec = SandboxSpec {

@@ -189,7 +189,9 @@ pub async fn run_step(
             }
             Ok(None) => {
                 entry.finish(-1);
-                return Err(StepError::Agent("the agent ended the exec without an exit".into()));
+                return Err(StepError::Agent(
+                    "the agent ended the exec without an exit".into(),
+                ));
             }
             Err(e) => {
                 entry.finish(-1);

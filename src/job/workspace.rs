@@ -112,10 +112,20 @@ pub struct WorkspaceFile {
     pub modified_at: Option<String>,
 }
 
-/// A job's host workspace directory.
+/// A job's host workspace directory. Dropped without [`Workspace::remove`] or
+/// [`Workspace::keep`] (a handler dropped mid-job), it is removed synchronously.
 #[derive(Debug)]
 pub struct Workspace {
     path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 impl Workspace {
@@ -125,7 +135,7 @@ impl Workspace {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let path = root.join(format!("workspace-{job_id}-{}", &suffix[..12]));
         std::fs::create_dir(&path).map_err(io(format!("creating {}", path.display())))?;
-        Ok(Workspace { path })
+        Ok(Workspace { path, armed: true })
     }
 
     pub fn path(&self) -> &Path {
@@ -148,8 +158,15 @@ impl Workspace {
         join_inside(&self.path, rel).ok_or(WorkspaceError::Outside)
     }
 
+    /// Leaves the directory in place (`EXECUTOR_KEEP_WORKSPACES`).
+    pub fn keep(mut self) -> PathBuf {
+        self.armed = false;
+        self.path.clone()
+    }
+
     /// Removes the directory and everything in it.
-    pub async fn remove(self) -> Result<(), WorkspaceError> {
+    pub async fn remove(mut self) -> Result<(), WorkspaceError> {
+        self.armed = false;
         let path = self.path.clone();
         let res = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&path))
             .await

@@ -87,7 +87,13 @@ fn build_repo(root: &Path) -> (PathBuf, String, String) {
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
     git(
         root,
-        &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
     );
     for (k, v) in [
         ("uploadpack.allowFilter", "true"),
@@ -160,7 +166,9 @@ async fn cgi(State(st): State<Arc<St>>, req: Request) -> Response {
     let content_type = header(&req, "content-type").unwrap_or_default();
     let encoding = header(&req, "content-encoding").unwrap_or_default();
     let protocol = header(&req, "git-protocol").unwrap_or_default();
-    let body = axum::body::to_bytes(req.into_body(), 256 << 20).await.unwrap();
+    let body = axum::body::to_bytes(req.into_body(), 256 << 20)
+        .await
+        .unwrap();
     let mut child = tokio::process::Command::new("git")
         .arg("http-backend")
         .env_clear()

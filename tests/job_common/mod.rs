@@ -15,6 +15,8 @@ use hearth::queue::embedded::{self, EmbeddedQueue};
 use hearth::queue::store::{JobRecord, StoreOptions};
 use hearth::queue::types::{ExecutionLogEntry, Job};
 use hearth::queue::worker::{self, WorkerOptions, WorkerSummary};
+use hearth::sandbox::Isolation;
+use hearth::sandbox::process::{ProcessIsolation, ProcessOptions};
 use local_agent::LocalAgent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +28,42 @@ pub struct E2e {
     pub queue: EmbeddedQueue,
     pub git: GitServer,
     pub workspace_root: PathBuf,
+    /// Agent sockets and per-sandbox state (the isolation's runtime directory).
     pub sock_dir: PathBuf,
+    pub isolation: Arc<dyn Isolation>,
+    /// What the isolation logs under `setup.sandbox.start` after `Ready in …` (normalised).
+    pub start_detail: String,
+}
+
+/// `sandbox::process` (namespaces + cgroups, as root), or with `HEARTH_E2E_ISOLATION=local` the
+/// test-only local agent (a plain host process in a private mount namespace).
+fn isolation(sock_dir: &Path) -> (Arc<dyn Isolation>, String) {
+    if std::env::var("HEARTH_E2E_ISOLATION").is_ok_and(|v| v == "local") {
+        return (
+            Arc::new(LocalAgent::new(sock_dir.to_path_buf())),
+            String::new(),
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the job e2e tests need root (process sandboxes: namespaces and cgroups)"
+    );
+    let iso = ProcessIsolation::new(ProcessOptions {
+        agent_program: PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
+        runtime_dir: sock_dir.to_path_buf(),
+        ..ProcessOptions::default()
+    })
+    .expect("process isolation unavailable on this host");
+    let detail = format!(
+        "process sandbox $SANDBOX, cgroup {}\n{}\n",
+        iso.cgroup_version(),
+        hearth::sandbox::IsolationKind::Process
+            .weakness_notice()
+            .unwrap_or_default()
+    );
+    (Arc::new(iso), detail)
 }
 
 /// Runner options for tests: small sandboxes, fast log updates.
@@ -75,6 +112,7 @@ impl E2e {
         let git = GitServer::start(&dir.path().join("git")).await;
         let workspace_root = dir.path().join("workspaces");
         let sock_dir = dir.path().join("agents");
+        let (isolation, start_detail) = isolation(&sock_dir);
         E2e {
             dir,
             config,
@@ -82,19 +120,26 @@ impl E2e {
             git,
             workspace_root,
             sock_dir,
+            isolation,
+            start_detail,
         }
     }
 
     pub fn runner(&self) -> JobRunner {
         JobRunner::new(
-            Arc::new(LocalAgent::new(self.sock_dir.clone())),
+            self.isolation.clone(),
             runner_options(&self.workspace_root, &self.git.base),
             None,
         )
     }
 
     pub async fn client(&self) -> QueueClient {
-        let mut opts = self.queue.client(&self.config, None).unwrap().options().clone();
+        let mut opts = self
+            .queue
+            .client(&self.config, None)
+            .unwrap()
+            .options()
+            .clone();
         opts.retry = RetryPolicy {
             initial_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(500),
@@ -110,7 +155,8 @@ impl E2e {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/jobs/e2e")
             .join(name);
-        let text = std::fs::read_to_string(&path).unwrap()
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
             .replace("@REPO@", git_server::REPO)
             .replace("@HEAD@", &self.git.head)
             .replace("@FIRST@", &self.git.first)
@@ -125,7 +171,12 @@ impl E2e {
     }
 
     /// Runs a worker until it has handled `jobs` jobs.
-    pub async fn work(&self, jobs: u64, concurrency: usize, max_runtime: Duration) -> WorkerSummary {
+    pub async fn work(
+        &self,
+        jobs: u64,
+        concurrency: usize,
+        max_runtime: Duration,
+    ) -> WorkerSummary {
         let client = self.client().await;
         let fut = worker::run(
             client,
@@ -153,7 +204,11 @@ impl E2e {
             .iter()
             .map(|e| Entry {
                 key: e.key.clone(),
-                command: e.command.iter().map(|c| normalize(c, &self.workspace_root)).collect(),
+                command: e
+                    .command
+                    .iter()
+                    .map(|c| normalize(c, &self.workspace_root))
+                    .collect(),
                 exit_code: e.exit_code,
                 out: normalize_out(&e.out, &self.workspace_root),
             })
@@ -164,11 +219,23 @@ impl E2e {
     pub fn assert_clean(&self) {
         let left = |p: &Path| -> Vec<String> {
             std::fs::read_dir(p)
-                .map(|d| d.flatten().map(|e| e.path().display().to_string()).collect())
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
-        assert_eq!(left(&self.workspace_root), Vec::<String>::new(), "workspaces left");
-        assert_eq!(left(&self.sock_dir), Vec::<String>::new(), "agent sockets left");
+        assert_eq!(
+            left(&self.workspace_root),
+            Vec::<String>::new(),
+            "workspaces left"
+        );
+        assert_eq!(
+            left(&self.sock_dir),
+            Vec::<String>::new(),
+            "agent sockets left"
+        );
     }
 }
 
@@ -244,14 +311,18 @@ pub fn workspace_entry() -> Entry {
     }
 }
 
-pub fn sandbox_start_entry() -> Entry {
-    Entry {
-        key: "setup.sandbox.start".into(),
-        command: vec![],
-        exit_code: Some(0),
-        out: "Starting process sandbox $SANDBOX: 1 CPUs, 512 MiB memory, 1024 MiB workspace disk\n\
-              Ready in $MS ms\n"
-            .into(),
+impl E2e {
+    pub fn sandbox_start_entry(&self) -> Entry {
+        Entry {
+            key: "setup.sandbox.start".into(),
+            command: vec![],
+            exit_code: Some(0),
+            out: format!(
+                "Starting process sandbox $SANDBOX: 1 CPUs, 512 MiB memory, 1024 MiB workspace \
+                 disk\nReady in $MS ms\n{}",
+                self.start_detail
+            ),
+        }
     }
 }
 
