@@ -213,3 +213,92 @@ async fn forward(State(state): State<Arc<ProxyState>>, req: Request) -> Response
     *response.headers_mut() = out_headers;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that answers with what it received: path?query and the proxy's headers.
+    async fn echo_upstream() -> String {
+        async fn echo(req: Request) -> String {
+            let h = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            format!(
+                "{} {} auth={} job={} executor={} actor={} protocol={}",
+                req.method(),
+                req.uri(),
+                h("authorization"),
+                h("x-sourcegraph-job-id"),
+                h("x-sourcegraph-executor-name"),
+                h("x-sourcegraph-actor-uid"),
+                h("git-protocol"),
+            )
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, axum::Router::new().fallback(echo)).await;
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn forwards_the_job_repository_with_credentials_and_refuses_others() {
+        let upstream = echo_upstream().await;
+        let proxy = GitProxy::start(ProxyTarget {
+            upstream_base: format!("{upstream}/prefix/"),
+            repository: "github.com/a/b".into(),
+            authorization: ProxyTarget::authorization_for("tok", "secret"),
+            job_id: 42,
+            executor_name: "ex-1".into(),
+        })
+        .await
+        .unwrap();
+        let http = reqwest::Client::new();
+        let res = http
+            .get(format!(
+                "{}/info/refs?service=git-upload-pack",
+                proxy.clone_url("github.com/a/b")
+            ))
+            .header("Git-Protocol", "version=2")
+            .header("Authorization", "Basic c3RvbGVu")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.text().await.unwrap(),
+            "GET /prefix/.executors/git/github.com/a/b/info/refs?service=git-upload-pack \
+             auth=Bearer tok job=42 executor=ex-1 actor=internal protocol=version=2"
+        );
+        for path in ["/github.com/a/c/info/refs", "/github.com/a/b", "/x"] {
+            let res = http
+                .get(format!("{}{path}", proxy.base_url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403, "{path}");
+        }
+        let url = proxy.base_url();
+        proxy.close().await;
+        assert!(
+            http.get(format!("{url}/github.com/a/b/info/refs"))
+                .send()
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn secret_fallback_without_a_job_token() {
+        assert_eq!(
+            ProxyTarget::authorization_for("", "s3"),
+            "token-executor s3"
+        );
+    }
+}
