@@ -1,6 +1,8 @@
 //! virtio-blk backed by a raw image file: read, write, flush, get-id; read-only disks refuse
 //! writes. Requests are served synchronously on the event-loop thread.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod request;
 
 use std::fs::File;
@@ -119,30 +121,11 @@ impl Block {
         if self.broken {
             return;
         }
-        let mut used_any = false;
-        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            let used = match request::parse(chain, &a.mem) {
-                Ok(req) => {
-                    let (status, written) = request::execute(&req, &mut self.disk, &a.mem);
-                    match vm_memory::Bytes::write_obj(&a.mem, status, req.status) {
-                        Ok(()) => written + 1,
-                        Err(_) => 0,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed block request skipped");
-                    0
-                }
-            };
-            if let Err(e) = a.queue.add_used(&a.mem, head, used) {
-                tracing::warn!(error = ?e, "block queue broken; device stops serving");
-                self.broken = true;
-                break;
-            }
-            used_any = true;
+        let served = serve_queue(&mut a.queue, &a.mem, &mut self.disk);
+        if served.broken {
+            self.broken = true;
         }
-        if used_any {
+        if served.used > 0 {
             let notify = a.queue.needs_notification(&a.mem).unwrap_or(true);
             if notify && let Err(e) = a.irq.trigger(IrqKind::Vring) {
                 tracing::warn!(error = %e, "block interrupt failed");
@@ -174,6 +157,44 @@ impl Block {
         // The driver may have queued requests before we were ready.
         self.process_queue();
     }
+}
+
+/// What one pass over the available ring did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Used-ring entries written.
+    pub used: u32,
+    /// The used ring could not be written: the device must stop serving.
+    pub broken: bool,
+}
+
+/// Serves every available request of `queue`: parse, execute, status byte, used entry. Never
+/// panics on guest data (the `virtio_blk_request` fuzz target drives it).
+pub fn serve_queue(queue: &mut Queue, mem: &GuestMemory, disk: &mut Disk) -> Served {
+    let mut served = Served::default();
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let used = match request::parse(chain, mem) {
+            Ok(req) => {
+                let (status, written) = request::execute(&req, disk, mem);
+                match vm_memory::Bytes::write_obj(mem, status, req.status) {
+                    Ok(()) => written + 1,
+                    Err(_) => 0,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed block request skipped");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, used) {
+            tracing::warn!(error = ?e, "block queue broken; device stops serving");
+            served.broken = true;
+            break;
+        }
+        served.used += 1;
+    }
+    served
 }
 
 fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
