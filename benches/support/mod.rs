@@ -1,0 +1,344 @@
+//! Shared by the benches: artifacts (fail loudly when missing), booting a guest under hearth-vmm
+//! or under QEMU (`-M microvm`, vhost-vsock) with the same kernel, rootfs, memory and vCPUs, and
+//! the `RESULT` lines `harness/run-benches.sh` collects.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hearth_agent::client::{Client, connect_vsock};
+use hearth_vmm::{Vm, VmBuilder};
+
+/// The agent's vsock port.
+pub const AGENT_PORT: u32 = 1024;
+/// Guest memory for every bench guest (the QEMU reference uses the same).
+pub const MEMORY_MIB: u64 = 512;
+/// Longest a boot may take before the bench fails (the emulated harness is slow).
+pub const READY_LIMIT: Duration = Duration::from_secs(240);
+/// Kernel parameters both VMMs get on top of their own defaults, so the guests do the same work:
+/// agent on a tmpfs overlay, agent port.
+pub const COMMON_CMDLINE: &str = "hearth.overlay=tmpfs hearth.port=1024";
+
+/// Path from an artifact variable; panics with the reason when unset or missing.
+pub fn artifact(var: &str) -> PathBuf {
+    let v = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: build the guest artifacts with `eval \"$(harness/artifacts.sh)\"` or use harness/run-benches.sh")
+    });
+    let p = PathBuf::from(v);
+    assert!(p.is_file(), "{var}={} does not exist", p.display());
+    p
+}
+
+/// Panics unless `path` (/dev/kvm, /dev/vhost-vsock) opens read-write on a KVM that boots
+/// standard guests.
+pub fn require_device(path: &str) {
+    assert!(
+        !Path::new("/sys/module/kvm_pvm").exists(),
+        "this host's KVM is kvm_pvm, which does not boot standard guests: run the benches with harness/run-benches.sh"
+    );
+    if let Err(e) = OpenOptions::new().read(true).write(true).open(path) {
+        panic!(
+            "cannot open {path} read-write ({e}); the benches need hardware virtualization: use harness/run-benches.sh"
+        );
+    }
+}
+
+/// True unless `HEARTH_BENCH_QEMU=0` (explicit opt-out of the QEMU comparison).
+pub fn qemu_wanted() -> bool {
+    std::env::var("HEARTH_BENCH_QEMU").map_or(true, |v| v != "0")
+}
+
+/// A tokio runtime for the agent client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A booted guest with a connected agent client, under either VMM.
+pub struct Guest {
+    /// The agent client (handshake done).
+    pub client: Client,
+    /// Start of the VMM (builder `start()` / QEMU spawn) to completed handshake.
+    pub boot: Duration,
+    vmm: Vmm,
+}
+
+enum Vmm {
+    Hearth(Box<Vm>),
+    Qemu(Qemu),
+}
+
+impl Guest {
+    /// The hearth VM, if this guest runs under hearth.
+    pub fn hearth_vm(&self) -> Option<&Vm> {
+        match &self.vmm {
+            Vmm::Hearth(vm) => Some(vm),
+            Vmm::Qemu(_) => None,
+        }
+    }
+
+    /// The QEMU process id, if this guest runs under QEMU.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        match &self.vmm {
+            Vmm::Hearth(_) => None,
+            Vmm::Qemu(q) => Some(q.child.id()),
+        }
+    }
+
+    /// Stops the guest.
+    pub fn stop(self) {
+        match self.vmm {
+            Vmm::Hearth(mut vm) => {
+                vm.kill();
+            }
+            Vmm::Qemu(q) => drop(q),
+        }
+    }
+}
+
+/// Which VMM a bench guest runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// hearth-vmm, in this process.
+    Hearth,
+    /// Debian's qemu-system-x86_64 -M microvm with vhost-vsock.
+    Qemu,
+}
+
+impl Which {
+    /// Lower-case name for bench ids and RESULT lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Hearth => "hearth",
+            Which::Qemu => "qemu",
+        }
+    }
+
+    /// The VMMs to bench: hearth, plus QEMU unless opted out.
+    pub fn all() -> Vec<Which> {
+        if qemu_wanted() {
+            vec![Which::Hearth, Which::Qemu]
+        } else {
+            vec![Which::Hearth]
+        }
+    }
+}
+
+/// Checks everything a bench guest under `which` needs, panicking with the reason.
+pub fn require(which: Which) {
+    artifact("HEARTH_KERNEL");
+    artifact("HEARTH_ROOTFS");
+    require_device("/dev/kvm");
+    if which == Which::Qemu {
+        require_device("/dev/vhost-vsock");
+        let q = qemu_binary();
+        let ok = Command::new(&q)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{q} does not run: install qemu-system-x86 or set HEARTH_BENCH_QEMU=0 to bench hearth alone"
+        );
+    }
+}
+
+/// Boots the Debian rootfs under `which` and waits for the agent handshake.
+pub async fn boot(which: Which, cid: u32) -> Guest {
+    match which {
+        Which::Hearth => boot_hearth(cid).await,
+        Which::Qemu => boot_qemu(cid).await,
+    }
+}
+
+async fn boot_hearth(cid: u32) -> Guest {
+    let kernel = artifact("HEARTH_KERNEL");
+    let rootfs = artifact("HEARTH_ROOTFS");
+    let started = Instant::now();
+    let vm = VmBuilder::new()
+        .kernel(&kernel)
+        .rootfs(&rootfs, true)
+        .memory_mib(MEMORY_MIB)
+        .vcpus(1)
+        .vsock_cid(Some(u64::from(cid)))
+        .cmdline_extra(COMMON_CMDLINE)
+        .deadline(Duration::from_secs(3600))
+        .start()
+        .unwrap_or_else(|e| panic!("hearth VM start: {e}"));
+    if let Err(e) = vm.wait_ready(READY_LIMIT) {
+        panic!(
+            "hearth: agent not ready: {e}\nconsole tail:\n{}",
+            vm.console_tail()
+        );
+    }
+    let stream = vm
+        .connect(AGENT_PORT)
+        .await
+        .unwrap_or_else(|e| panic!("hearth: vsock connect to the agent: {e}"));
+    let client = Client::handshake(stream)
+        .await
+        .unwrap_or_else(|e| panic!("hearth: agent handshake: {e}"));
+    let boot = started.elapsed();
+    Guest {
+        client,
+        boot,
+        vmm: Vmm::Hearth(Box::new(vm)),
+    }
+}
+
+fn qemu_binary() -> String {
+    std::env::var("HEARTH_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
+}
+
+/// A running QEMU, killed on drop.
+struct Qemu {
+    child: Child,
+    console: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qemu {
+    fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let start = text.len().saturating_sub(3000);
+        text.get(start..).unwrap_or_default().to_string()
+    }
+}
+
+/// The QEMU command line of tests/vm_qemu_reference.rs, with hearth's kernel parameters
+/// (`hearth_vmm::DEFAULT_CMDLINE` minus its VMM-specific reboot method) so both guests run the
+/// same kernel configuration.
+fn qemu_command(kernel: &Path, rootfs: &Path, cid: u32, console: &Path, stderr: File) -> Command {
+    let append = format!(
+        "{} root=/dev/vda ro rootfstype=ext4 init=/sbin/hearth-agent {COMMON_CMDLINE}",
+        qemu_cmdline()
+    );
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args([
+        "-M",
+        "microvm,accel=kvm,acpi=off",
+        "-cpu",
+        "host",
+        "-smp",
+        "1",
+    ])
+    .arg("-m")
+    .arg(MEMORY_MIB.to_string())
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-drive")
+    .arg(format!(
+        "id=root,file={},format=raw,if=none,readonly=on",
+        rootfs.display()
+    ))
+    .args(["-device", "virtio-blk-device,drive=root"])
+    .arg("-device")
+    .arg(format!("vhost-vsock-device,guest-cid={cid}"))
+    .arg("-append")
+    .arg(append)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(stderr);
+    cmd
+}
+
+/// hearth's default kernel parameters with `reboot=k` (hearth's i8042 reset) replaced by
+/// `reboot=t` (QEMU microvm has no i8042 by default).
+pub fn qemu_cmdline() -> String {
+    hearth_vmm::DEFAULT_CMDLINE.replace("reboot=k", "reboot=t")
+}
+
+async fn boot_qemu(cid: u32) -> Guest {
+    let kernel = artifact("HEARTH_KERNEL");
+    let rootfs = artifact("HEARTH_ROOTFS");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let console = dir.path().join("console.log");
+    let stderr = File::create(dir.path().join("qemu.stderr")).expect("qemu stderr file");
+    let mut cmd = qemu_command(&kernel, &rootfs, cid, &console, stderr);
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", qemu_binary()));
+    let mut qemu = Qemu {
+        child,
+        console,
+        _dir: dir,
+    };
+    loop {
+        if let Some(status) = qemu.child.try_wait().expect("try_wait") {
+            let stderr =
+                std::fs::read_to_string(qemu._dir.path().join("qemu.stderr")).unwrap_or_default();
+            panic!(
+                "QEMU exited ({status}) before the agent answered\n{stderr}\n{}",
+                qemu.console_tail()
+            );
+        }
+        if started.elapsed() > READY_LIMIT {
+            panic!(
+                "QEMU: agent not ready after {READY_LIMIT:?}\n{}",
+                qemu.console_tail()
+            );
+        }
+        let attempt = tokio::time::timeout(Duration::from_secs(5), connect_vsock(cid, AGENT_PORT));
+        if let Ok(Ok(client)) = attempt.await {
+            return Guest {
+                client,
+                boot: started.elapsed(),
+                vmm: Vmm::Qemu(qemu),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A guest CID not used by another bench process at the same time.
+pub fn guest_cid(seq: u32) -> u32 {
+    3 + (std::process::id() % 10_000) * 1000 + seq % 1000
+}
+
+/// Median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Prints the line `harness/run-benches.sh` collects:
+/// `RESULT <bench> <vmm> median=<x> <unit> n=<n> samples=<comma list>`.
+pub fn report(bench: &str, which: Which, unit: &str, samples: &[f64]) {
+    let mut s = samples.to_vec();
+    let m = median(&mut s);
+    let list: Vec<String> = samples.iter().map(|x| format!("{x:.1}")).collect();
+    println!(
+        "RESULT {bench} {} median={m:.2} {unit} n={} samples={}",
+        which.name(),
+        samples.len(),
+        list.join(",")
+    );
+}

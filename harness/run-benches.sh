@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# hearth's benchmarks against QEMU in one command:
+#   harness/run-benches.sh [--direct|--svm] [--timeout SECS] [--log FILE] [BENCH...]
+# BENCH: any of boot exec vsock memory (default: all four).
+#
+# 1. builds or finds the guest artifacts (harness/artifacts.sh);
+# 2. builds the criterion benches of the root package (`cargo bench --no-run`, release profile);
+# 3. runs them one after the other in ONE machine: directly when /dev/kvm is hardware
+#    virtualization (harness/probe-hw-virt.sh), otherwise inside the emulated-SVM machine
+#    (harness/run-in-svm.sh). Every bench boots the same kernel + Debian rootfs under hearth-vmm
+#    and under Debian's qemu-system-x86_64 (-M microvm, vhost-vsock), the same number of times,
+#    one guest at a time;
+# 4. prints each bench's median for both VMMs, n, and the hearth/QEMU ratio (the RESULT lines).
+# The whole output is also kept in --log FILE (default: a temporary file, path printed).
+# Fails when a bench fails (a missing artifact, KVM or QEMU makes the bench panic with the reason).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+HEARTH_LOG_TAG=benches
+
+mode=auto timeout_s=3600 logfile=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --direct) mode=direct; shift ;;
+        --svm) mode=svm; shift ;;
+        --timeout) timeout_s="$2"; shift 2 ;;
+        --log) logfile="$2"; shift 2 ;;
+        --) shift; break ;;
+        -*) die "unknown option $1" ;;
+        *) break ;;
+    esac
+done
+benches=("$@")
+[ ${#benches[@]} -gt 0 ] || benches=(boot exec vsock memory)
+[ -n "$logfile" ] || logfile="$(mktemp /tmp/hearth-benches.XXXXXX.log)"
+
+ensure_pkgs jq
+eval "$("$here/artifacts.sh")" || die "guest artifacts could not be built (see above)"
+log "artifacts: kernel=$HEARTH_KERNEL rootfs=$HEARTH_ROOTFS"
+
+if [ "$mode" = auto ]; then
+    if "$here/probe-hw-virt.sh"; then mode=direct; else
+        rc=$?; [ "$rc" = 1 ] || die "the hardware-virtualization probe failed to run (status $rc)"
+        mode=svm
+    fi
+fi
+log "mode: $mode"
+
+log "building the benches (cargo bench --no-run)"
+bench_args=()
+for b in "${benches[@]}"; do bench_args+=(--bench "$b"); done
+json="$(cd "$repo" && cargo bench -p hearth "${bench_args[@]}" --no-run --message-format=json-render-diagnostics)" \
+    || die "cargo could not build the benches"
+exes=()
+for b in "${benches[@]}"; do
+    exe="$(jq -r --arg b "$b" 'select(.reason == "compiler-artifact" and .executable != null
+        and (.target.kind | index("bench")) and .target.name == $b) | .executable' <<<"$json" | tail -1)"
+    [ -n "$exe" ] && [ -x "$exe" ] || die "bench $b was not built"
+    exes+=("$exe")
+done
+
+# The program run in the (outer) machine: every bench binary in turn, in bench mode.
+runner="$(mktemp /tmp/hearth-bench-runner.XXXXXX.sh)"
+trap 'rm -f "$runner"' EXIT
+{
+    echo '#!/usr/bin/env bash'
+    echo 'set -e'
+    echo 'export CRITERION_HOME=/tmp/criterion'
+    echo 'echo "MACHINE nproc=$(nproc) cpu=\"$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed "s/^ //")\" kernel=$(uname -r)"'
+    for e in "${exes[@]}"; do printf '%q --bench\n' "$e"; done
+} >"$runner"
+chmod +x "$runner"
+
+log "running ${benches[*]} in $mode mode; output also in $logfile"
+start=$(date +%s)
+set +e
+if [ "$mode" = direct ]; then
+    (cd "$repo" && timeout -k 10 "$timeout_s" bash "$runner") 2>&1 | tee "$logfile"
+else
+    bin_args=(--bin "$(command -v bash)" --bin "$(command -v grep)" --bin "$(command -v cut)" --bin "$(command -v sed)"
+              --bin "$(command -v nproc)" --bin "$(command -v uname)")
+    for e in "${exes[@]}"; do bin_args+=(--bin "$e"); done
+    "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$repo" \
+        --file "$HEARTH_KERNEL" --file "$HEARTH_ROOTFS" --file "$runner" \
+        --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" \
+        --pass-env HEARTH_BENCH_QEMU --pass-env HEARTH_BENCH_DMESG --pass-env HEARTH_BENCH_VMS \
+        --pass-env RUST_LOG "${bin_args[@]}" -- "$(command -v bash)" "$runner" 2>&1 | tee "$logfile"
+fi
+rc=${PIPESTATUS[0]}
+set -e
+log "benches finished with status $rc after $(elapsed_since "$start")"
+
+# Summary: RESULT <bench> <vmm> median=<x> <unit> n=<n> samples=...
+echo
+echo "=== summary ($mode mode; medians; ratio = hearth / qemu) ==="
+grep -E '^MACHINE ' "$logfile" || true
+awk '/^RESULT /{
+        split($4, m, "="); split($6, n, "=");
+        key = $2; med[key, $3] = m[2]; cnt[key, $3] = n[2]; unit[key] = $5;
+        if (!(key in seen)) { seen[key] = 1; order[++k] = key }
+    }
+    END {
+        printf "%-28s %14s %14s %8s %s\n", "bench", "hearth", "qemu", "ratio", "unit (n hearth/qemu)";
+        for (i = 1; i <= k; i++) {
+            b = order[i]; h = med[b, "hearth"]; q = med[b, "qemu"];
+            r = (h != "" && q != "" && q + 0 != 0) ? sprintf("%.2f", h / q) : "-";
+            printf "%-28s %14s %14s %8s %s (%s/%s)\n", b, (h == "" ? "-" : h), (q == "" ? "-" : q), r,
+                unit[b], (cnt[b, "hearth"] == "" ? "-" : cnt[b, "hearth"]), (cnt[b, "qemu"] == "" ? "-" : cnt[b, "qemu"]);
+        }
+    }' "$logfile"
+[ "$rc" = 0 ] || die "a bench failed (status $rc); see $logfile"
