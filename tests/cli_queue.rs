@@ -162,6 +162,20 @@ fn validate_reports_kvm_kind_and_process_warning() {
         "validate failed on this host: {text}"
     );
 
+    // EXECUTOR_USE_FIRECRACKER=false selects process isolation without the flag.
+    let env_sel = Command::new(HEARTH)
+        .args(["validate"])
+        .env("HEARTH_QUEUE_DB", &db)
+        .env("EXECUTOR_USE_FIRECRACKER", "false")
+        .env_remove("EXECUTOR_FRONTEND_URL")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&env_sel).contains("ok    isolation: process"),
+        "{}",
+        stdout(&env_sel)
+    );
+
     // An invalid configuration fails.
     let bad = Command::new(HEARTH)
         .args(["validate", "--isolation", "process"])

@@ -96,7 +96,10 @@ async fn workspace_hostname_network_pid1_and_clean_teardown() {
         out.contains("pid1=") && out.contains(" agent --listen unix:/run/hearth/agent.sock"),
         "PID 1 is not the agent: {out}"
     );
-    assert!(out.contains("ifaces=lo,\n"), "network is not loopback-only: {out}");
+    assert!(
+        out.contains("ifaces=lo,\n"),
+        "network is not loopback-only: {out}"
+    );
     assert!(out.contains("uid=0\n"), "{out}");
     assert!(out.contains("no-host-work"), "host /work visible: {out}");
     // The write reached the host workspace.
@@ -112,8 +115,20 @@ async fn workspace_hostname_network_pid1_and_clean_teardown() {
     )
     .await;
     assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
-    assert!(out.trim_end().ends_with('1'), "routes besides the header: {out}");
+    assert!(
+        out.trim_end().ends_with('1'),
+        "routes besides the header: {out}"
+    );
     assert!(sb.log_path().unwrap().exists(), "no agent log");
+    // No CAP_SYS_ADMIN: mounting fails even as root of the user namespace.
+    let (st, out, _) = sh(
+        sb.as_ref(),
+        "grep CapBnd /proc/self/status; mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo refused",
+    )
+    .await;
+    assert_eq!(st, ExitStatus::Code(0));
+    assert!(out.contains("refused"), "{out}");
+    assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
     sb.teardown().await.expect("teardown");
     // The workspace is back to its owner (root) with the sandbox's file in it.
     let meta = std::fs::metadata(ws.path().join("made-inside.txt")).unwrap();
@@ -129,7 +144,11 @@ async fn teardown_leaves_nothing() {
         .await
         .expect("start");
     // A background process that would outlive a careless teardown.
-    let (st, out, err) = sh(sb.as_ref(), "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo started").await;
+    let (st, out, err) = sh(
+        sb.as_ref(),
+        "setsid sleep 1000 </dev/null >/dev/null 2>&1 & sleep 0.3; echo started",
+    )
+    .await;
     assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
     let log = sb.log_path().unwrap();
     let dir = log.parent().unwrap().to_path_buf();
@@ -144,8 +163,17 @@ async fn teardown_leaves_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         pids = cgroup_pids(&cgroup_dirs);
     }
-    assert!(pids.len() >= 3, "expected C1, the agent and sleep in the cgroup: {pids:?}");
+    assert!(
+        pids.len() >= 3,
+        "expected C1, the agent and sleep in the cgroup: {pids:?}"
+    );
+    let t = std::time::Instant::now();
     sb.teardown().await.expect("teardown");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "teardown took {:?}",
+        t.elapsed()
+    );
     for d in &cgroup_dirs {
         assert!(!d.exists(), "cgroup {} left behind", d.display());
     }
@@ -163,7 +191,11 @@ async fn memory_limit_kills_a_process_over_it() {
         .await
         .expect("start");
     // tail buffers an endless line: it grows until memory.max stops it.
-    let (st, out, err) = sh(sb.as_ref(), "head -c 1000M /dev/zero | tail; echo status=$?").await;
+    let (st, out, err) = sh(
+        sb.as_ref(),
+        "head -c 1000M /dev/zero | tail; echo status=$?",
+    )
+    .await;
     assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
     assert!(
         out.contains("status=137"),
@@ -188,7 +220,10 @@ async fn reconcile_removes_orphans_of_dead_owners_only() {
         .iter()
         .map(|d| d.parent().unwrap().join(name))
         .collect::<Vec<_>>();
-    let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
     for d in &dirs {
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("cgroup.procs"), child.id().to_string()).unwrap();
@@ -198,7 +233,10 @@ async fn reconcile_removes_orphans_of_dead_owners_only() {
     let report = iso.reconcile();
     assert!(report.removed.iter().any(|n| n == name), "{report:?}");
     assert!(
-        !report.removed.iter().any(|n| n == &live_name(live.as_ref())),
+        !report
+            .removed
+            .iter()
+            .any(|n| n == &live_name(live.as_ref())),
         "a live sandbox was reconciled away"
     );
     for d in &dirs {
@@ -227,7 +265,15 @@ fn live_name(sb: &dyn Sandbox) -> String {
 /// Every `…/hearth/<name>` cgroup directory on this host.
 fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
     let out = std::process::Command::new("find")
-        .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", name])
+        .args([
+            "/sys/fs/cgroup",
+            "-maxdepth",
+            "6",
+            "-type",
+            "d",
+            "-name",
+            name,
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)

@@ -280,11 +280,19 @@ impl Cgroups {
     }
 }
 
+/// Creates `p` unless it exists; either way it must be writable by us.
 fn mkdir(p: &Path) -> io::Result<()> {
     match fs::create_dir(p) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        r => r,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        r => r?,
     }
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: access with a NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One sandbox's cgroup directories (one per hierarchy).

@@ -31,9 +31,19 @@ fn cs(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-/// Builds the ops for a root at `root`. `workspace_tree` is a detached clone of the workspace
-/// mount (`open_tree`), `socket_dir` the host directory for the agent socket.
-pub fn root_ops(root: &Path, workspace_tree: Option<RawFd>, socket_dir: &Path) -> Vec<Op> {
+/// Where `/work` comes from.
+pub enum WorkspaceSource<'a> {
+    /// A detached clone of the workspace mount (`open_tree`, root only): reachable even when the
+    /// sandbox's uid cannot search the workspace's parent directories.
+    Tree(RawFd),
+    /// A path bound from inside (unprivileged hearth: the sandbox's uid is hearth's own).
+    Path(&'a Path),
+    /// An empty tmpfs.
+    None,
+}
+
+/// Builds the ops for a root at `root`; `socket_dir` is the host directory for the agent socket.
+pub fn root_ops(root: &Path, workspace: WorkspaceSource<'_>, socket_dir: &Path) -> Vec<Op> {
     let at = |rel: &str| c(&root.join(rel));
     let mut ops = vec![Op::Mount {
         src: cs("tmpfs"),
@@ -69,13 +79,16 @@ pub fn root_ops(root: &Path, workspace_tree: Option<RawFd>, socket_dir: &Path) -
         path: at("work"),
         mode: 0o755,
     });
-    if let Some(tree_fd) = workspace_tree {
-        ops.push(Op::MoveMount {
+    match workspace {
+        WorkspaceSource::Tree(tree_fd) => ops.push(Op::MoveMount {
             tree_fd,
             target: at("work"),
-        });
-    } else {
-        ops.push(tmpfs(at("work"), "mode=0755"));
+        }),
+        WorkspaceSource::Path(p) => ops.push(Op::Bind {
+            src: c(p),
+            target: at("work"),
+        }),
+        WorkspaceSource::None => ops.push(tmpfs(at("work"), "mode=0755")),
     }
     for (d, mode) in [
         ("tmp", "1777"),

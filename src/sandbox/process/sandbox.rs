@@ -113,7 +113,7 @@ pub(super) async fn start(
                     SandboxError::Workspace(format!("handing {} to the sandbox: {e}", ws.display()))
                 })?;
             }
-            Some(open_tree(ws)?)
+            if root { Some(open_tree(ws)?) } else { None }
         }
         None => None,
     };
@@ -166,12 +166,27 @@ pub(super) async fn start(
         OwnedFd::from(p2c_r),
         OwnedFd::from(life_r),
     );
+    let ws_canon = match &spec.workspace {
+        Some(ws) => Some(
+            fs::canonicalize(ws)
+                .map_err(|e| SandboxError::Workspace(format!("{}: {e}", ws.display())))?,
+        ),
+        None => None,
+    };
+    let workspace_source = match (&ws_fd, &spec.workspace) {
+        (Some(fd), _) => layout::WorkspaceSource::Tree(fd.as_raw_fd()),
+        (None, Some(_)) => match &ws_canon {
+            Some(p) => layout::WorkspaceSource::Path(p),
+            None => layout::WorkspaceSource::None,
+        },
+        (None, None) => layout::WorkspaceSource::None,
+    };
     let plan = Arc::new(Plan::new(
         exe.as_raw_fd(),
         argv,
         envp,
         cgroup_procs,
-        layout::root_ops(&new_root, ws_fd.as_ref().map(|f| f.as_raw_fd()), &sock_dir),
+        layout::root_ops(&new_root, workspace_source, &sock_dir),
         cpath(&new_root)?,
         hostname,
         root,
@@ -450,11 +465,10 @@ impl Sandbox for ProcessSandbox {
 
     fn teardown(mut self: Box<Self>) -> BoxFuture<'static, Result<(), SandboxError>> {
         Box::pin(async move {
-            if let Some(c) = &self.client {
-                let _ = tokio::time::timeout(Duration::from_secs(2), c.shutdown()).await;
-            }
-            // The agent synced before acknowledging; PID 1 exiting (or being killed) ends the rest.
-            tokio::task::spawn_blocking(move || self.cleanup(Duration::from_millis(300)))
+            // No Shutdown request: the agent would sync() every host filesystem first (a VM
+            // guest needs that; here /work is a bind mount whose writes are already in the host's
+            // page cache). Killing PID 1 ends the namespace and everything in it.
+            tokio::task::spawn_blocking(move || self.cleanup(Duration::ZERO))
                 .await
                 .map_err(|e| SandboxError::Teardown(e.to_string()))?
                 .map_err(SandboxError::Teardown)

@@ -66,6 +66,11 @@ pub enum Op {
     Optional(Box<Op>),
 }
 
+/// Capabilities the agent and the jobs keep (Docker's default set): CHOWN, DAC_OVERRIDE, FOWNER,
+/// FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD,
+/// AUDIT_WRITE, SETFCAP.
+pub const KEEP_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
 /// Steps before the ops, by index (for error messages).
 pub const PRE_STEPS: [&str; 7] = [
     "starting a new session",
@@ -83,7 +88,7 @@ pub const POST_STEPS: [&str; 7] = [
     "pivot_root into the new root",
     "remounting / read-only",
     "chdir /work",
-    "setting no_new_privs",
+    "dropping capabilities and setting no_new_privs",
     "executing the agent",
 ];
 
@@ -387,6 +392,19 @@ unsafe fn pid1(p: &Plan) -> io::Result<()> {
         }
         if libc::chdir(c"/work".as_ptr()) < 0 {
             return Err(fail(p, post + 4, last_err()));
+        }
+        // Keep only Docker's default capability set: no CAP_SYS_ADMIN (mounts), CAP_NET_ADMIN,
+        // CAP_SYS_PTRACE, … even inside the user namespace. For a uid-0 exec the bounding set
+        // becomes the permitted set.
+        for cap in 0..64 {
+            if KEEP_CAPS.contains(&cap) {
+                continue;
+            }
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) < 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                return Err(fail(p, post + 5, last_err()));
+            }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return Err(fail(p, post + 5, last_err()));
