@@ -603,14 +603,14 @@ async fn cancel_is_acted_on_within_a_second_of_the_heartbeat() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let canceled_at = Instant::now();
+        let canceled_wall = time::OffsetDateTime::now_utc();
         h.queue.store.cancel(id).unwrap();
-        canceled_at
+        (canceled_at, canceled_wall)
     };
-    let (sum, canceled_at) = tokio::join!(worker, watcher);
+    let (sum, (canceled_at, canceled_wall)) = tokio::join!(worker, watcher);
     let took = canceled_at.elapsed();
     assert_eq!(sum.failed, 1);
-    // Heartbeats every 200 ms; the step must stop within 1 s of the answer, then teardown.
-    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     let rec = h.record(id);
     assert_eq!(rec.state, JobState::Canceled);
     assert_eq!(
@@ -619,7 +619,19 @@ async fn cancel_is_acted_on_within_a_second_of_the_heartbeat() {
     );
     let logs = h.normalized_logs(id);
     assert_entries(&logs, &slow_expected(&h, id));
-    let step_ms = h.logs(id)[3].duration_ms.unwrap();
-    assert!(step_ms < 2500, "the step ran {step_ms} ms");
+    // The step's entry ended (its process group killed, exit -1) within the heartbeat interval
+    // (200 ms: the cancel reaches the worker with the next heartbeat answer) plus 1 s.
+    let step = &h.logs(id)[3];
+    let started = time::OffsetDateTime::parse(
+        &step.start_time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let ended = started + time::Duration::milliseconds(step.duration_ms.unwrap());
+    let after_cancel = ended - canceled_wall;
+    assert!(
+        after_cancel < time::Duration::milliseconds(1200),
+        "the step ended {after_cancel} after the cancel"
+    );
     h.assert_clean();
 }
