@@ -168,7 +168,7 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 rdinit=/init" \
-    </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
+    </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
 qemu_rc=${PIPESTATUS[0]}
 set -e
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then

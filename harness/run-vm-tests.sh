@@ -95,7 +95,7 @@ for t in "${tests[@]}"; do
     fi
     rc=${PIPESTATUS[0]}
     set -e
-    if [ "$rc" = 0 ] && ! grep -qE '^test result: ok\. [1-9][0-9]* passed' "$logdir/$name.log"; then
+    if [ "$rc" = 0 ] && ! grep -aqE '^test result: ok\. [1-9][0-9]* passed' "$logdir/$name.log"; then
         log "$name exited 0 but ran no test"; rc=1
     fi
     if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"

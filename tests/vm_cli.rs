@@ -56,6 +56,7 @@ fn run(args: &[&str]) -> Output {
     let mut child = Command::new(hearth())
         .args(args)
         .env("HEARTH_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,9 +95,21 @@ fn run(args: &[&str]) -> Output {
     eprintln!(
         "hearth {args:?}: {status} in {:.1} s\n--- stderr ---\n{}",
         start.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&output.stderr)
+        printable(&output.stderr)
     );
     output
+}
+
+/// Output as text for the log, control bytes escaped (a NUL makes log greps treat it as binary).
+fn printable(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .chars()
+        .flat_map(|c| match c {
+            '\n' | '\t' => vec![c],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect()
 }
 
 #[test]

@@ -246,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn make_image_holds_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f.txt"), b"payload\n").unwrap();
+        let img = t.path().join("ws.ext4");
+        make_image(&src, &img, 16).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+        // debugfs (e2fsprogs, like mkfs.ext4) reads the file back out of the image.
+        let out = Command::new("debugfs")
+            .args(["-R", "cat /sub/f.txt"])
+            .arg(&img)
+            .output()
+            .expect("debugfs (e2fsprogs) is needed for this test");
+        assert_eq!(out.stdout, b"payload\n", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
     fn make_image_rejects_a_missing_directory() {
         let t = tempfile::tempdir().unwrap();
         let e = make_image(&t.path().join("nope"), &t.path().join("img"), 64).unwrap_err();
