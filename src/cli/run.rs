@@ -245,3 +245,35 @@ fn mem_total() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(
+            &|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            &ConfigFlags::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn host_budget_limits_concurrency() {
+        let c = config(&[
+            ("EXECUTOR_MAXIMUM_NUM_JOBS", "8"),
+            ("EXECUTOR_JOB_NUM_CPUS", "2"),
+            ("EXECUTOR_JOB_MEMORY", "4G"),
+        ]);
+        // CPU-bound, memory-bound, unconstrained, and a single job larger than the host.
+        assert_eq!(budgeted_max_jobs(&c, Some(8), Some("64G")).unwrap(), 4);
+        assert_eq!(budgeted_max_jobs(&c, Some(64), Some("10G")).unwrap(), 2);
+        assert_eq!(budgeted_max_jobs(&c, Some(64), Some("64G")).unwrap(), 8);
+        assert_eq!(budgeted_max_jobs(&c, Some(1), Some("1G")).unwrap(), 1);
+        assert!(budgeted_max_jobs(&c, None, Some("lots")).is_err());
+    }
+}

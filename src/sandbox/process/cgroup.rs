@@ -183,22 +183,36 @@ impl Cgroups {
             ));
         }
         let enable = "+memory +cpu +pids";
-        fs::write(base.join("cgroup.subtree_control"), enable).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                format!(
-                    "{} has processes, so it cannot delegate controllers to sub-cgroups (run \
-                     hearth in a leaf of a delegated subtree, e.g. systemd DelegateSubgroup=)",
-                    base.display()
-                )
-            } else {
-                format!("enabling controllers in {}: {e}", base.display())
+        let delegate = |dir: &Path| -> Result<PathBuf, String> {
+            fs::write(dir.join("cgroup.subtree_control"), enable).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    format!(
+                        "{} has processes, so it cannot delegate controllers to sub-cgroups (run \
+                         hearth in a leaf of a delegated subtree, e.g. systemd DelegateSubgroup=)",
+                        dir.display()
+                    )
+                } else {
+                    format!("enabling controllers in {}: {e}", dir.display())
+                }
+            })?;
+            let hearth = dir.join(HEARTH_CGROUP);
+            mkdir(&hearth).map_err(|e| format!("{}: {e}", hearth.display()))?;
+            fs::write(hearth.join("cgroup.subtree_control"), enable)
+                .map_err(|e| format!("enabling controllers in {}: {e}", hearth.display()))?;
+            Ok(hearth)
+        };
+        match delegate(&base) {
+            Ok(hearth) => Ok(Cgroups::V2 { hearth }),
+            // hearth's own cgroup holds processes (a login session, a service without
+            // Delegate=): as root, fall back to the top of the hierarchy, as container runtimes do.
+            Err(e) if super::is_root() && base != m.mount_point => {
+                tracing::info!(reason = %e, "using {}/{HEARTH_CGROUP}", m.mount_point.display());
+                delegate(&m.mount_point)
+                    .map(|hearth| Cgroups::V2 { hearth })
+                    .map_err(|e2| format!("{e}; {e2}"))
             }
-        })?;
-        let hearth = base.join(HEARTH_CGROUP);
-        mkdir(&hearth).map_err(|e| format!("{}: {e}", hearth.display()))?;
-        fs::write(hearth.join("cgroup.subtree_control"), enable)
-            .map_err(|e| format!("enabling controllers in {}: {e}", hearth.display()))?;
-        Ok(Cgroups::V2 { hearth })
+            Err(e) => Err(e),
+        }
     }
 
     fn detect_v1(mounts: &[MountInfo], own: &[(String, String)]) -> Result<Cgroups, String> {
@@ -425,6 +439,61 @@ impl SandboxCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fake_v2(controllers: &str) -> (tempfile::TempDir, Vec<MountInfo>, Vec<(String, String)>) {
+        let d = tempfile::tempdir().unwrap();
+        let own = d.path().join("svc");
+        fs::create_dir(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), controllers).unwrap();
+        let mounts = vec![MountInfo {
+            mount_point: d.path().to_path_buf(),
+            root: "/".into(),
+            fstype: "cgroup2".into(),
+            super_opts: "rw".into(),
+        }];
+        (d, mounts, vec![(String::new(), "/svc".into())])
+    }
+
+    #[test]
+    fn v2_delegates_controllers_and_writes_limits() {
+        let (d, mounts, own) = fake_v2("cpuset cpu io memory hugetlb pids rdma");
+        let cg = Cgroups::detect_v2(&mounts, &own).unwrap();
+        let hearth = d.path().join("svc/hearth");
+        assert!(matches!(&cg, Cgroups::V2 { hearth: h } if *h == hearth));
+        for dir in [d.path().join("svc"), hearth.clone()] {
+            assert_eq!(
+                fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(),
+                "+memory +cpu +pids"
+            );
+        }
+        // A real cgroup2 directory comes with its interface files; fake the optional one.
+        fs::create_dir(hearth.join("job-1")).unwrap();
+        fs::write(hearth.join("job-1/memory.swap.max"), "max").unwrap();
+        let sb = cg
+            .create(
+                "job-1",
+                Limits {
+                    memory_bytes: 256 << 20,
+                    cpus: 2,
+                    pids: 100,
+                },
+            )
+            .unwrap();
+        let read = |f: &str| fs::read_to_string(hearth.join("job-1").join(f)).unwrap();
+        assert_eq!(read("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "200000 100000");
+        assert_eq!(read("pids.max"), "100");
+        assert_eq!(sb.procs_files(), vec![hearth.join("job-1/cgroup.procs")]);
+        assert_eq!(cg.existing(), vec!["job-1".to_string()]);
+    }
+
+    #[test]
+    fn v2_without_controllers_is_refused() {
+        let (_d, mounts, own) = fake_v2("cpu io");
+        let e = Cgroups::detect_v2(&mounts, &own).unwrap_err();
+        assert!(e.contains("lacks controller(s) memory, pids"), "{e}");
+    }
 
     #[test]
     fn mountinfo_unescape() {
