@@ -635,3 +635,78 @@ async fn cancel_is_acted_on_within_a_second_of_the_heartbeat() {
     );
     h.assert_clean();
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmd.contains(needle) {
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_clone_kills_git_and_skips_the_sandbox() {
+    use job_common::git_server::SLOW_REPO;
+    let h = E2e::start().await;
+    let id = h.submit("slow-clone.json");
+    let worker = h.work(1, 1, MINUTE);
+    let watcher = async {
+        let deadline = Instant::now() + MINUTE;
+        while !h.logs(id).iter().any(|e| e.key == "setup.git.fetch") {
+            assert!(Instant::now() < deadline, "the fetch never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !processes_mentioning(SLOW_REPO).is_empty(),
+            "git should be fetching"
+        );
+        let canceled_at = Instant::now();
+        h.queue.store.cancel(id).unwrap();
+        canceled_at
+    };
+    let (sum, canceled_at) = tokio::join!(worker, watcher);
+    let took = canceled_at.elapsed();
+    assert_eq!(sum.failed, 1);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let rec = h.record(id);
+    assert_eq!(rec.state, JobState::Canceled);
+    assert_eq!(
+        rec.failure_message.as_deref(),
+        Some("creating workspace: failed setup.git.fetch: context canceled")
+    );
+    let logs = h.normalized_logs(id);
+    let keys: Vec<&str> = logs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "setup.fs.workspace",
+            "setup.git.init",
+            "setup.git.add-remote",
+            "setup.git.disable-gc",
+            "setup.git.fetch",
+            "teardown.fs"
+        ]
+    );
+    assert_eq!(logs[4].exit_code, Some(-1));
+    assert_eq!(
+        processes_mentioning(SLOW_REPO),
+        Vec::<String>::new(),
+        "git processes left behind"
+    );
+    h.assert_clean();
+}

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const REPO: &str = "github.com/hearth/demo";
+/// A repository whose requests hang (for cancelling a clone).
+pub const SLOW_REPO: &str = "github.com/hearth/slow";
 
 /// What the server saw of one request.
 #[derive(Debug, Clone)]
@@ -160,6 +162,9 @@ async fn cgi(State(st): State<Arc<St>>, req: Request) -> Response {
     };
     if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
         return (StatusCode::UNAUTHORIZED, "invalid token").into_response();
+    }
+    if path_info.starts_with(&format!("/{SLOW_REPO}/")) {
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
     }
     let method = req.method().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
