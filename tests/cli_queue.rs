@@ -479,3 +479,80 @@ fn run_hands_back_at_the_deadline_and_recovers_after_sigkill() {
     assert!(d2.wait_exit(Duration::from_secs(30)).success());
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_against_a_frontend_url_uses_the_same_client() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root (process sandboxes)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let flags = hearth::config::ConfigFlags {
+        db: Some(dir.path().join("frontend.sqlite")),
+        frontend_password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let config = hearth::config::Config::load(&|_| None, &flags).unwrap();
+    let frontend = hearth::queue::embedded::serve(
+        &config,
+        "127.0.0.1:0",
+        hearth::queue::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let job: hearth::queue::types::Job = serde_json::from_str(HELLO_JOB).unwrap();
+    let id = frontend.store.submit("codeintel", &job).unwrap();
+    let url = frontend.server.base_url();
+    let own_db = dir.path().join("must-not-be-used.sqlite");
+    let mut child = Command::new(HEARTH)
+        .args([
+            "run",
+            "--isolation",
+            "process",
+            "--job-num-cpus",
+            "1",
+            "--job-memory",
+            "256M",
+            "--queue-poll-interval",
+            "100ms",
+        ])
+        .env("EXECUTOR_FRONTEND_URL", &url)
+        .env("EXECUTOR_FRONTEND_PASSWORD", "s3cret")
+        .env("EXECUTOR_QUEUE_NAME", "codeintel")
+        .env("HEARTH_QUEUE_DB", &own_db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let state = loop {
+        let rec = frontend.store.get(id).unwrap().unwrap();
+        if !matches!(
+            rec.state,
+            hearth::queue::store::JobState::Queued | hearth::queue::store::JobState::Processing
+        ) {
+            break rec.state;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "job not done");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // SAFETY: kill with our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(state, hearth::queue::store::JobState::Completed);
+    let logs = frontend.store.logs(id).unwrap();
+    assert!(
+        logs.iter().any(|e| e.out.contains("hello from hearth-")),
+        "{logs:?}"
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !own_db.exists(),
+        "the embedded queue was used despite a frontend URL"
+    );
+}
