@@ -215,11 +215,19 @@ impl JobRunner {
         ws: &Workspace,
     ) -> Result<Vec<WorkspaceFile>, String> {
         let job = &run.ctx.job;
-        let store = FilesStore::for_job(&run.ctx.client, &run.ctx.job_ref);
+        // Only jobs with store-backed files need an HTTP client.
+        let store = job
+            .files
+            .values()
+            .any(|f| f.bucket.is_some() && f.key.is_some())
+            .then(|| FilesStore::for_job(&run.ctx.client, &run.ctx.job_ref));
         let mut out = Vec::new();
         for (rel, f) in &job.files {
             let path = ws.file_path(rel).map_err(|e| e.to_string())?;
-            let content = store.content(f).await.map_err(|e| e.to_string())?;
+            let content = match &store {
+                Some(store) => store.content(f).await.map_err(|e| e.to_string())?,
+                None => f.content.clone(),
+            };
             out.push(WorkspaceFile {
                 path,
                 content,
