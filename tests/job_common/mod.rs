@@ -3,6 +3,7 @@
 //! `tests/jobs/e2e/`, and log normalisation for exact comparisons.
 #![allow(dead_code)]
 
+pub mod expect;
 pub mod git_server;
 pub mod local_agent;
 
