@@ -299,3 +299,67 @@ fn cgroup_pids(dirs: &[PathBuf]) -> Vec<i32> {
     }
     pids
 }
+
+#[tokio::test]
+async fn host_loopback_unreachable_and_pids_limited() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let iso = ProcessIsolation::new(ProcessOptions {
+        agent_program: PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
+        pids_max: 32,
+        ..ProcessOptions::default()
+    })
+    .expect("process isolation unavailable on this host");
+    // A service on the host's loopback: the sandbox's lo is another one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sb = iso
+        .start(&spec("ptest-limits", None, 128))
+        .await
+        .expect("start");
+    let (st, out, err) = sh(
+        sb.as_ref(),
+        &format!(
+            "if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo reached; \
+             else echo unreachable; fi"
+        ),
+    )
+    .await;
+    assert_eq!(st, ExitStatus::Code(0), "{out} {err}");
+    assert_eq!(out, "unreachable\n", "host loopback reachable: {err}");
+    // pids.max: 64 background sleeps cannot all start (dash gives up on a failed fork at once,
+    // where bash retries with back-off).
+    let out = sb
+        .client()
+        .exec_collect(ExecSpec::argv([
+            "/bin/sh",
+            "-c",
+            "for i in $(seq 64); do sleep 30 & done 2>/dev/null; sleep 0.2; exit 0",
+        ]))
+        .await
+        .expect("exec");
+    let _ = out;
+    let dirs = cgroup_dirs_named(&live_name(sb.as_ref()));
+    let pids_dir = dirs
+        .iter()
+        .find(|d| d.join("pids.max").exists())
+        .expect("no pids cgroup");
+    assert_eq!(
+        std::fs::read_to_string(pids_dir.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "32"
+    );
+    let current: usize = std::fs::read_to_string(pids_dir.join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 32, "pids.max not enforced: {current}");
+    let events = std::fs::read_to_string(pids_dir.join("pids.events")).unwrap();
+    assert!(
+        !events.contains("max 0"),
+        "no fork was refused by pids.max: {events}"
+    );
+    sb.teardown().await.expect("teardown");
+}
