@@ -92,6 +92,9 @@ impl VmIsolation {
         console: &Path,
         started: Instant,
     ) -> Result<(Vm, Client, StartTimings), SandboxError> {
+        if spec.network {
+            tracing::warn!(name = %spec.name, "VM networking is not implemented yet: the sandbox has no network");
+        }
         let mut builder = VmBuilder::new()
             .kernel(&self.artifacts.kernel)
             .rootfs(&self.artifacts.rootfs, true)

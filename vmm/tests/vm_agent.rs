@@ -86,7 +86,27 @@ fn hundred_mib_of_output_streams_through() {
         let mut total = 0usize;
         let mut nonzero = false;
         let mut status = None;
-        while let Some(ev) = s.next().await.unwrap() {
+        // Stalls (gaps between events) explain slow runs: a steady stream has none.
+        let (mut last, mut stalls, mut worst) = (Instant::now(), Vec::new(), Duration::ZERO);
+        // A stall fails with a reason instead of running into the harness time limit.
+        let stall_limit = Duration::from_secs(60);
+        loop {
+            let next = tokio::time::timeout(stall_limit, s.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no output for {stall_limit:?} after {} KiB: the stream stalled; console tail:\n{}",
+                        total >> 10,
+                        vm.console_tail()
+                    )
+                });
+            let Some(ev) = next.unwrap() else { break };
+            let gap = last.elapsed();
+            last = Instant::now();
+            worst = worst.max(gap);
+            if gap > Duration::from_millis(500) && stalls.len() < 20 {
+                stalls.push(format!("{:.1}s@{}KiB", gap.as_secs_f64(), total >> 10));
+            }
             match ev {
                 ExecEvent::Output { data, .. } => {
                     total += data.len();
@@ -101,6 +121,7 @@ fn hundred_mib_of_output_streams_through() {
             "100 MiB guest→host in {secs:.1} s ({:.1} MiB/s)",
             100.0 / secs
         );
+        eprintln!("longest gap between events {worst:?}; gaps > 0.5 s: {stalls:?}");
         assert_eq!(status, Some(ExitStatus::Code(0)));
         assert_eq!(total, 100 << 20);
         assert!(!nonzero);
@@ -255,7 +276,9 @@ fn twenty_boots_in_a_row_leak_nothing() {
     );
     let start = Instant::now();
     for i in 1..=20 {
+        let t = Instant::now();
         boot(i);
+        eprintln!("boot {i}: {:.1} s", t.elapsed().as_secs_f64());
     }
     eprintln!("20 boots+exec in {:.1} s", start.elapsed().as_secs_f64());
     // Tests run in parallel: other tests' VMs come and go, so allow one VM's worth of slack.
