@@ -155,6 +155,20 @@ async fn teardown_leaves_nothing() {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let cgroup_dirs = cgroup_dirs_named(&name);
     assert!(!cgroup_dirs.is_empty(), "no cgroup dir for {name}");
+    // The limits from the spec (1 vCPU, 128 MiB), v2 or v1 file names.
+    let read = |file: &str| {
+        cgroup_dirs
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .map(|s| s.trim().to_string())
+    };
+    let mem = read("memory.max").or_else(|| read("memory.limit_in_bytes"));
+    assert_eq!(mem.as_deref(), Some("134217728"));
+    let cpu = read("cpu.max").or_else(|| read("cpu.cfs_quota_us"));
+    assert!(
+        matches!(cpu.as_deref(), Some("100000 100000") | Some("100000")),
+        "{cpu:?}"
+    );
     let mut pids = cgroup_pids(&cgroup_dirs);
     for _ in 0..100 {
         if pids.len() >= 3 {
