@@ -102,11 +102,18 @@ async fn workspace_hostname_network_pid1_and_clean_teardown() {
     );
     assert!(out.contains("uid=0\n"), "{out}");
     assert!(out.contains("no-host-work"), "host /work visible: {out}");
-    // The write reached the host workspace.
+    // The write reached the host workspace, owned by the host's root already while the sandbox
+    // runs: the workspace is an id-mapped mount (ext4/tmpfs here), not chowned.
     assert_eq!(
         std::fs::read_to_string(ws.path().join("made-inside.txt")).unwrap(),
         "written\n"
     );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(ws.path().join("made-inside.txt")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "workspace not id-mapped");
+        assert_eq!(std::fs::metadata(ws.path()).unwrap().uid(), 0);
+    }
     // No interface but lo, no routes.
     let (st, out, err) = sh(
         sb.as_ref(),

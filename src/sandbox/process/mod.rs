@@ -4,9 +4,10 @@
 //! with the workspace bind-mounted at `/work`. Weaker than a VM: the host kernel is shared.
 //!
 //! Users: the sandbox's root is an unprivileged host uid. As root, hearth maps sandbox ids
-//! `0..65536` to host ids `uid_base..uid_base+65536` and hands the workspace to `uid_base` for
-//! the sandbox's lifetime (ownership is restored at teardown); as an ordinary user it maps
-//! sandbox root to itself.
+//! `0..65536` to host ids `uid_base..uid_base+65536` and attaches the workspace as an id-mapped
+//! mount (host root's files are the sandbox root's; what the sandbox writes is owned by host
+//! root); on filesystems without id-mapped mounts the workspace is chowned to `uid_base` for the
+//! sandbox's lifetime instead. As an ordinary user, hearth maps sandbox root to itself.
 //!
 //! Layout on the host: `<runtime_dir>/<name>/{agent.log,sock/agent.sock,root/}` (root is
 //! only a mount point inside the sandbox's mount namespace) and the cgroup

@@ -8,7 +8,7 @@ use hearth_agent::client::Client;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -96,7 +96,8 @@ pub(super) async fn start(
         .create(&name, limits)
         .map_err(|e| SandboxError::Config(e.to_string()))?;
 
-    // The workspace: an O_PATH descriptor bound from /proc/self/fd/N inside.
+    // The workspace: as root a detached clone of its mount, id-mapped (or, where the filesystem
+    // cannot, chowned) for the sandbox's users during the handshake; else bound by path.
     let ws_fd = match &spec.workspace {
         Some(ws) => {
             let meta = fs::metadata(ws)
@@ -106,12 +107,6 @@ pub(super) async fn start(
                     "{} is not a directory",
                     ws.display()
                 )));
-            }
-            if root && meta.uid() != map_uid {
-                sb.restore_owner = Some((ws.clone(), meta.uid(), meta.gid()));
-                chown_tree(ws, map_uid, map_gid).map_err(|e| {
-                    SandboxError::Workspace(format!("handing {} to the sandbox: {e}", ws.display()))
-                })?;
             }
             if root { Some(open_tree(ws)?) } else { None }
         }
@@ -209,6 +204,10 @@ pub(super) async fn start(
     }
     // The child-side fds live until `cmd` is dropped right after spawn, so the handshake thread
     // sees EOF if the child dies early.
+    let idmap = match (&ws_fd, &spec.workspace) {
+        (Some(fd), Some(ws)) => Some((fd.as_raw_fd(), ws.clone())),
+        _ => None,
+    };
     let keep = (c2p_w, p2c_r, life_r, exe, ws_fd);
     let spawner = tokio::task::spawn_blocking(move || {
         let r = cmd.spawn();
@@ -216,14 +215,18 @@ pub(super) async fn start(
         drop(keep);
         r
     });
-    let handshake =
-        tokio::task::spawn_blocking(move || parent_handshake(c2p_r, p2c_w, root, map_uid, map_gid));
+    let handshake = tokio::task::spawn_blocking(move || {
+        parent_handshake(c2p_r, p2c_w, root, (map_uid, map_gid), idmap)
+    });
     let spawned = spawner
         .await
         .map_err(|e| start_err(format!("spawn task: {e}")))?;
     let hs = handshake
         .await
         .map_err(|e| start_err(format!("handshake task: {e}")))?;
+    if let Ok(h) = &hs {
+        sb.restore_owner = h.chowned.clone();
+    }
     let failed_step = hs.as_ref().ok().and_then(|h| h.failed_step);
     let child = match spawned {
         Ok(c) => c,
@@ -283,19 +286,23 @@ pub(super) async fn start(
 struct Handshake {
     pid1: Option<i32>,
     failed_step: Option<u32>,
+    /// The workspace was chowned (no id-mapped mount): (path, uid, gid) to restore.
+    chowned: Option<(PathBuf, u32, u32)>,
 }
 
-/// Parent side: wait for C1's pid, write its id maps, release it, then collect the rest.
+/// Parent side: wait for C1's pid, write its id maps, id-map (or chown) the workspace, release
+/// the child, then collect the rest.
 fn parent_handshake(
     mut c2p: io::PipeReader,
     mut p2c: io::PipeWriter,
     root: bool,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
+    idmap: Option<(RawFd, PathBuf)>,
 ) -> Result<Handshake, String> {
     let mut hs = Handshake {
         pid1: None,
         failed_step: None,
+        chowned: None,
     };
     let mut msg = [0u8; 5];
     let mut released = false;
@@ -309,6 +316,9 @@ fn parent_handshake(
         match msg[0] {
             b'c' if !released => {
                 write_maps(value, root, uid, gid)?;
+                if let Some((tree, ws)) = &idmap {
+                    hs.chowned = map_workspace(*tree, ws, value, uid, gid)?;
+                }
                 p2c.write_all(b"g")
                     .map_err(|e| format!("releasing the sandbox child: {e}"))?;
                 released = true;
@@ -319,6 +329,60 @@ fn parent_handshake(
         }
     }
     Ok(hs)
+}
+
+/// Makes the workspace tree id-mapped through the sandbox's user namespace, so sandbox root
+/// reads and writes the host's root-owned files as its own. Filesystems without id-mapped mount
+/// support get a recursive chown to the sandbox's root instead (undone at teardown).
+fn map_workspace(
+    tree: RawFd,
+    ws: &Path,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<Option<(PathBuf, u32, u32)>, String> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let ns = fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| format!("opening the sandbox's user namespace: {e}"))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: ns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our detached tree with a live, correctly sized mount_attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(None);
+    }
+    let e = io::Error::last_os_error();
+    tracing::info!(workspace = %ws.display(), error = %e,
+        "no id-mapped mount for the workspace; handing it to the sandbox by chown");
+    let meta = fs::metadata(ws).map_err(|e| format!("{}: {e}", ws.display()))?;
+    if meta.uid() == uid {
+        return Ok(None);
+    }
+    let restore = (ws.to_path_buf(), meta.uid(), meta.gid());
+    chown_tree(ws, uid, gid)
+        .map_err(|e| format!("handing {} to the sandbox: {e}", ws.display()))?;
+    Ok(Some(restore))
 }
 
 fn write_maps(pid: u32, root: bool, uid: u32, gid: u32) -> Result<(), String> {
