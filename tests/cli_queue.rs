@@ -109,7 +109,7 @@ fn submit_jobs_logs_cancel() {
     // Logs of a job without entries, and of an unknown job.
     let l = hearth(&db, &["logs", &b.to_string()]);
     assert!(l.status.success());
-    assert!(stdout(&l).contains(&format!("--- job {b} is queued")));
+    assert!(stdout(&l).contains(&format!("=== job {b} is queued")));
     assert!(!hearth(&db, &["logs", "12345"]).status.success());
 
     // A file that is not a job is refused; --queue picks the queue.
@@ -392,6 +392,12 @@ fn run_process_mode_completes_jobs_and_drains_on_sigterm() {
         dir.path(),
         r#"{"dockerSteps":[{"key":"slow","image":"x","commands":["sleep 2","echo finished-after-sigterm"]}]}"#,
     );
+    let follow = Command::new(HEARTH)
+        .args(["logs", "--follow", &slow.to_string()])
+        .env("HEARTH_QUEUE_DB", &db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_state(&db, slow, &["processing"], Duration::from_secs(30));
     let queued_after = submit(&db, dir.path(), HELLO_JOB);
     std::thread::sleep(Duration::from_millis(300));
@@ -401,6 +407,16 @@ fn run_process_mode_completes_jobs_and_drains_on_sigterm() {
     let j = job_json(&db, slow);
     assert_eq!(j["state"], "completed", "{j}");
     assert!(stdout(&hearth(&db, &["logs", &slow.to_string()])).contains("finished-after-sigterm"));
+    // `logs --follow` streamed the output and ended with the job.
+    let followed = follow.wait_with_output().unwrap();
+    let text = stdout(&followed);
+    assert!(followed.status.success(), "{text}");
+    assert!(text.contains("stdout: finished-after-sigterm"), "{text}");
+    assert!(text.contains("--- step.docker.slow: exit 0"), "{text}");
+    assert!(
+        text.ends_with(&format!("=== job {slow} is completed\n")),
+        "{text}"
+    );
     assert_eq!(
         job_json(&db, queued_after)["state"],
         "queued",
