@@ -83,14 +83,20 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     loop {
         // Read the state first: entries written before the job finished are then all seen.
         let done = finished(job.state);
-        print_new(&store.logs(args.id)?, &mut printed)?;
+        match print_new(&store.logs(args.id)?, &mut printed) {
+            Ok(()) => {}
+            // `hearth logs 7 | head`: the reader is gone, which is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(e.into()),
+        }
         if done || !args.follow {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
         job = get(&store, args.id)?;
     }
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "=== job {} is {}{}",
         job.id,
         job.state.as_str(),
