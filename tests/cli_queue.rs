@@ -162,6 +162,20 @@ fn validate_reports_kvm_kind_and_process_warning() {
         "validate failed on this host: {text}"
     );
 
+    // VM isolation on a kvm_pvm host: jobs could not boot, so validate fails and says why.
+    let vm = hearth(&db, &["validate", "--isolation", "vm"]);
+    let vm_text = stdout(&vm);
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(vm.status.code(), Some(1), "{vm_text}");
+        assert!(
+            vm_text.contains("FAIL  kvm: /dev/kvm is PVM")
+                && vm_text.contains("--isolation process"),
+            "{vm_text}"
+        );
+    } else {
+        assert!(!vm_text.contains("FAIL  kvm"), "{vm_text}");
+    }
+
     // EXECUTOR_USE_FIRECRACKER=false selects process isolation without the flag.
     let env_sel = Command::new(HEARTH)
         .args(["validate"])

@@ -72,7 +72,15 @@ fn check_kvm(r: &mut Report, needed: bool) {
         .read(true)
         .write(true)
         .open("/dev/kvm");
+    let pvm = kvm_kind(Path::new("/sys/module")) == KvmKind::Pvm;
     match open {
+        Ok(_) if pvm && needed => r.fail(
+            "kvm",
+            format!(
+                "/dev/kvm is {kind}: standard Linux guests such as hearth's kernel do not boot \
+                 under kvm_pvm; use a host with hardware virtualization, or --isolation process"
+            ),
+        ),
         Ok(_) => r.ok("kvm", format!("/dev/kvm usable; {kind}")),
         Err(e) if needed => r.fail(
             "kvm",
