@@ -10,8 +10,8 @@ mod queue_db;
 mod run;
 mod submit;
 mod test_vm;
-mod vm_opts;
 mod validate;
+mod vm_opts;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

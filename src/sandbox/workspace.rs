@@ -260,7 +260,12 @@ mod tests {
             .arg(&img)
             .output()
             .expect("debugfs (e2fsprogs) is needed for this test");
-        assert_eq!(out.stdout, b"payload\n", "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.stdout,
+            b"payload\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
