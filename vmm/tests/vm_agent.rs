@@ -12,6 +12,7 @@ use hearth_vmm::{Vm, VmBuilder, VmExit};
 
 const AGENT_PORT: u32 = 1024;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 fn tiny_vm(name: &str) -> VmBuilder {
     common::require_kvm();
@@ -110,7 +111,11 @@ fn hundred_mib_of_output_streams_through() {
             match ev {
                 ExecEvent::Output { data, .. } => {
                     total += data.len();
-                    nonzero |= data.iter().any(|&b| b != 0);
+                    // memcmp, not a per-byte loop: in a debug build under the emulated
+                    // harness the loop alone costs seconds of the measured time.
+                    nonzero |= data
+                        .chunks(ZEROS.len())
+                        .any(|c| c != &ZEROS[..c.len()]);
                 }
                 ExecEvent::Exited(info) => status = Some(info.status),
                 ExecEvent::Started { .. } => {}
@@ -242,6 +247,56 @@ fn never_ready_guest_is_killed_at_its_deadline() {
     );
 }
 
+/// Aborts the test binary when dropped later than `limit` after creation, first printing every
+/// thread's stack (with gdb, when present) so a hang shows where it is.
+struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn new(what: String, limit: Duration) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let thread = std::thread::spawn(move || {
+            let until = Instant::now() + limit;
+            while Instant::now() < until {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("{what} took over {limit:?}; thread stacks follow, then abort");
+            let gdb = std::process::Command::new("gdb")
+                .args(["-p", &std::process::id().to_string(), "-batch", "-nx"])
+                .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
+                .output();
+            match gdb {
+                Ok(o) => eprintln!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("(no gdb for stacks: {e})"),
+            }
+            std::process::abort();
+        });
+        Watchdog {
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
@@ -255,18 +310,42 @@ fn vm_size_kib() -> u64 {
 #[test]
 fn twenty_boots_in_a_row_leak_nothing() {
     let runtime = rt();
+    // Every step has a time limit, so a stuck boot names its step (and shows the console)
+    // instead of running into the harness time limit.
+    let limit = Duration::from_secs(90);
     let boot = |i: usize| {
+        let t = Instant::now();
+        // Longer than every step's own limit: only a step without one (start, kill) trips it.
+        let watchdog = Watchdog::new(format!("boot {i}"), Duration::from_secs(200));
         let mut vm = tiny_vm("repeat").start().unwrap();
         ready(&vm);
+        let ready_at = t.elapsed();
         runtime.block_on(async {
-            let c = client(&vm).await;
-            let out = c
-                .exec_collect(ExecSpec::script(format!("echo {i}")))
+            let stuck = |what: &str| -> ! {
+                panic!(
+                    "boot {i}: {what} took over {limit:?}; console tail:\n{}",
+                    vm.console_tail()
+                )
+            };
+            let c = tokio::time::timeout(limit, client(&vm))
                 .await
-                .unwrap();
+                .unwrap_or_else(|_| stuck("connect + handshake"));
+            let out =
+                tokio::time::timeout(limit, c.exec_collect(ExecSpec::script(format!("echo {i}"))))
+                    .await
+                    .unwrap_or_else(|_| stuck("exec"))
+                    .unwrap();
             assert_eq!(out.stdout, format!("{i}\n").into_bytes());
         });
+        let exec_at = t.elapsed();
         assert_eq!(vm.kill(), VmExit::Killed);
+        drop(watchdog);
+        eprintln!(
+            "boot {i}: ready {:.1} s, exec done {:.1} s, killed {:.1} s",
+            ready_at.as_secs_f64(),
+            exec_at.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
     };
     boot(0);
     let (fds, threads, size) = (
@@ -276,9 +355,7 @@ fn twenty_boots_in_a_row_leak_nothing() {
     );
     let start = Instant::now();
     for i in 1..=20 {
-        let t = Instant::now();
         boot(i);
-        eprintln!("boot {i}: {:.1} s", t.elapsed().as_secs_f64());
     }
     eprintln!("20 boots+exec in {:.1} s", start.elapsed().as_secs_f64());
     // Tests run in parallel: other tests' VMs come and go, so allow one VM's worth of slack.
