@@ -70,6 +70,8 @@ ensure_pkgs e2fsprogs
 mkfs_ext4="$(PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4)" || die "mkfs.ext4 not found (e2fsprogs)"
 bin_args+=(--bin "$mkfs_ext4")
 [ ! -f /etc/mke2fs.conf ] || bin_args+=(--file /etc/mke2fs.conf)
+# Optional: tests' hang watchdogs print thread stacks with gdb when it is there.
+if gdb_bin="$(command -v gdb)"; then bin_args+=(--bin "$gdb_bin"); fi
 for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference}; do
     printf '%s\n' "${tests[@]}" | cut -f1 | grep -qx "$req" || die "required VM test target $req was not built"
 done
