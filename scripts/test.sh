@@ -50,7 +50,7 @@ host_tests() {
     for t in $targets; do
         case "$t" in vm_*) ;; *) args+=(--test "$t") ;; esac
     done
-    cargo test --workspace --locked --lib --bins "${args[@]}"
+    cargo test --workspace --locked --no-fail-fast --lib --bins "${args[@]}"
 }
 
 fuzz() {

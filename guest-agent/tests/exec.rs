@@ -234,7 +234,7 @@ async fn orphans_are_adopted_and_reaped() {
     // a guest), which must reap it or it stays behind as a zombie.
     let out = client
         .exec_collect(ExecSpec::script(
-            "setsid sh -c 'sleep 1' >/dev/null 2>&1 </dev/null & echo $!",
+            "setsid sh -c 'sleep 60' >/dev/null 2>&1 </dev/null & echo $!",
         ))
         .await
         .unwrap();
@@ -254,6 +254,10 @@ async fn orphans_are_adopted_and_reaped() {
         .parse()
         .unwrap();
     assert_eq!(ppid, agent.pid(), "orphan was not adopted by the agent");
+    // End the orphan ourselves (a timed sleep races a loaded machine): once it dies, only the
+    // agent's reaping removes it from /proc.
+    // SAFETY: kill(2) with a pid we just read and a valid signal number touches no memory.
+    assert_eq!(unsafe { libc::kill(orphan as i32, libc::SIGKILL) }, 0);
     assert!(
         eventually(Duration::from_secs(5), || !process_exists(orphan)).await,
         "orphan {orphan} was not reaped (zombie left behind)"
