@@ -186,6 +186,13 @@ async fn boot_hearth(cid: u32) -> Guest {
         .await
         .unwrap_or_else(|e| panic!("hearth: agent handshake: {e}"));
     let boot = started.elapsed();
+    println!(
+        "hearth boot {:.0} ms: {}; ready port → handshake done {:.0} ms",
+        boot.as_secs_f64() * 1000.0,
+        vm.timings(),
+        (boot.saturating_sub(vm.timings().build_to_agent_ready.unwrap_or_default())).as_secs_f64()
+            * 1000.0
+    );
     Guest {
         client,
         boot,

@@ -6,7 +6,6 @@
 //!     [--no-rootfs] [--mem MIB] [--runs N] [CMDLINE EXTRA...]
 //! ```
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hearth_vmm::VmBuilder;
@@ -25,7 +24,7 @@ fn main() {
             _ => extra.push(a),
         }
     }
-    let log = PathBuf::from(std::env::temp_dir()).join("hearth-boot-timeline.log");
+    let log = std::env::temp_dir().join("hearth-boot-timeline.log");
     for run in 0..runs {
         let mut b = VmBuilder::new()
             .kernel(&kernel)
