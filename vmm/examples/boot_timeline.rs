@@ -37,9 +37,46 @@ fn main() {
         }
         let mut vm = b.start().expect("VM start");
         let ready = vm.wait_ready(Duration::from_secs(240));
-        println!("run {run}: ready {ready:?}; {}", vm.timings());
+        let ranges: Vec<String> = vm
+            .guest_ram_host_ranges()
+            .iter()
+            .map(|(a, l)| format!("{a:#x}+{l:#x} (mod 2 MiB: {:#x})", a % (2 << 20)))
+            .collect();
+        println!(
+            "run {run}: ready {ready:?}; {}; guest RAM at {}; {}",
+            vm.timings(),
+            ranges.join(", "),
+            anon_huge_kib(&vm.guest_ram_host_ranges())
+        );
         vm.kill();
     }
     println!("--- console of the last run ---");
     print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+/// AnonHugePages (KiB) of the smaps entries overlapping `ranges`: whether guest RAM got THP.
+fn anon_huge_kib(ranges: &[(u64, u64)]) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let (mut inside, mut huge, mut rss) = (false, 0u64, 0u64);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            inside = ranges.iter().any(|&(s, l)| a < s + l && s < b);
+            continue;
+        }
+        let v = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if inside && first == "AnonHugePages:" {
+            huge += v;
+        }
+        if inside && first == "Rss:" {
+            rss += v;
+        }
+    }
+    format!("guest RAM resident {rss} KiB, of it in huge pages {huge} KiB")
 }
