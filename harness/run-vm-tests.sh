@@ -10,8 +10,8 @@
 #    (harness/probe-hw-virt.sh), otherwise inside the emulated-SVM machine (harness/run-in-svm.sh),
 #    with the artifacts, qemu-system-x86_64 and the binary passed in.
 # Fails when no `vm_*` test exists, when a required target is missing (HEARTH_VM_REQUIRED, default
-# vm_qemu_reference: the QEMU proof must always run), when an artifact cannot be built, when any
-# binary fails, or when a binary ran no test (no "test result: ok. N passed" with N > 0).
+# every VM suite of the project: vm_qemu_reference vm_boot vm_agent vm_cli vm_job), when an
+# artifact cannot be built, when any binary fails, or when a binary ran no test (no "test result: ok. N passed" with N > 0).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -19,7 +19,7 @@ repo="$(dirname "$here")"
 . "$here/lib.sh"
 HEARTH_LOG_TAG=vm-tests
 
-mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-900}"
+mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-1800}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --direct) mode=direct; shift ;;
@@ -72,7 +72,7 @@ bin_args+=(--bin "$mkfs_ext4")
 [ ! -f /etc/mke2fs.conf ] || bin_args+=(--file /etc/mke2fs.conf)
 # Optional: tests' hang watchdogs print thread stacks with gdb when it is there.
 if gdb_bin="$(command -v gdb)"; then bin_args+=(--bin "$gdb_bin"); fi
-for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference}; do
+for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference vm_boot vm_agent vm_cli vm_job}; do
     printf '%s\n' "${tests[@]}" | cut -f1 | grep -qx "$req" || die "required VM test target $req was not built"
 done
 logdir="$(mktemp -d)"
