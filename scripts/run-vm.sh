@@ -17,7 +17,7 @@ HEARTH_LOG_TAG=run-vm
 eval "$("$repo/harness/artifacts.sh")" || die "guest artifacts could not be built"
 log "building hearth (release)"
 (cd "$repo" && cargo build --release --locked --bin hearth >&2) || die "cargo build failed"
-hearth="$repo/target/release/hearth"
+hearth="${CARGO_TARGET_DIR:-$repo/target}/release/hearth"
 
 if "$repo/harness/probe-hw-virt.sh" 2>/dev/null; then
     log "hardware virtualization: running hearth directly"
