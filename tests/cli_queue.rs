@@ -3,6 +3,10 @@
 //! sandbox: fails, never skips, without it) running jobs, draining on SIGTERM, handing jobs back
 //! at the shutdown deadline, and recovering a job after hearth was SIGKILLed.
 
+#[allow(dead_code)]
+#[path = "job_common/git_server.rs"]
+mod git_server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -437,6 +441,49 @@ fn run_process_mode_completes_jobs_and_drains_on_sigterm() {
         "a job was dequeued after SIGTERM"
     );
     assert!(sandboxes_of(d.child.id()).is_empty());
+}
+
+#[test]
+fn run_clones_the_repository_through_git_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.sqlite");
+    // A real repository over smart HTTP (git http-backend) that requires the job's bearer token.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let git = rt.block_on(git_server::GitServer::start(&dir.path().join("git")));
+    let mut d = Daemon::start(&db, &["--git-upstream", &git.base]);
+    d.wait_line("running up to 1 job(s)", Duration::from_secs(30));
+    let job = format!(
+        r#"{{"repositoryName":"{}","commit":"{}","dockerSteps":[{{"key":"show","image":"x",
+        "commands":["cat README.md","git log --format=%s"]}}]}}"#,
+        git_server::REPO,
+        git.head
+    );
+    let id = submit(&db, dir.path(), &job);
+    let j = wait_state(
+        &db,
+        id,
+        &["completed", "errored", "failed"],
+        Duration::from_secs(60),
+    );
+    let logs = stdout(&hearth(&db, &["logs", &id.to_string()]));
+    assert_eq!(j["state"], "completed", "{logs}");
+    assert!(logs.contains("stdout: hello again"), "{logs}");
+    assert!(logs.contains("stdout: second commit"), "{logs}");
+    let seen = git.seen();
+    assert!(!seen.is_empty(), "the git server saw no request");
+    assert!(
+        seen.iter().all(|s| s
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Bearer "))),
+        "a git request went upstream without the job token: {seen:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
 }
 
 #[test]

@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// Memory all running jobs may use together (e.g. 16G). Default: MemTotal minus 1 GiB.
     #[arg(long, value_name = "SIZE")]
     pub host_memory: Option<String>,
+    /// Base URL serving `/.executors/git/<repo>` for clones (env HEARTH_GIT_UPSTREAM). Default:
+    /// the frontend URL. The embedded queue serves no repositories, so jobs with a repository
+    /// need this in embedded mode.
+    #[arg(long, value_name = "URL")]
+    pub git_upstream: Option<String>,
 }
 
 /// 0 running, 1 draining (stop dequeuing), 2 hand back now.
@@ -106,11 +111,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::env::temp_dir().join("hearth-workspaces"));
     std::fs::create_dir_all(&workspace_root)
         .with_context(|| format!("creating {}", workspace_root.display()))?;
-    let runner = JobRunner::new(
-        isolation,
-        RunnerOptions::from_config(&config, workspace_root),
-        Some(metrics.clone()),
-    );
+    let mut runner_opts = RunnerOptions::from_config(&config, workspace_root);
+    runner_opts.git_upstream = args
+        .git_upstream
+        .clone()
+        .or_else(|| std::env::var("HEARTH_GIT_UPSTREAM").ok())
+        .filter(|u| !u.is_empty());
+    let runner = JobRunner::new(isolation, runner_opts, Some(metrics.clone()));
     eprintln!(
         "hearth: running up to {} job(s) at once with {kind} isolation, executor {}",
         opts.max_jobs, config.executor_name
