@@ -6,6 +6,7 @@ use hearth::config::Config;
 use hearth::sandbox::artifacts::ArtifactSearch;
 use hearth::sandbox::process::{ProcessIsolation, ProcessOptions};
 use hearth::sandbox::vm::VmIsolation;
+use hearth::sandbox::workspace;
 use hearth::sandbox::{Isolation, IsolationKind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +57,13 @@ impl IsolationOpts {
                     .resolve()
                     .context("finding the guest kernel and rootfs for VM isolation")?;
                 tracing::info!(?artifacts, "VM isolation");
+                let removed = workspace::reconcile_scratch_dirs(&std::env::temp_dir());
+                if !removed.is_empty() {
+                    tracing::warn!(
+                        ?removed,
+                        "removed VM scratch directories left by an earlier hearth"
+                    );
+                }
                 Ok(Arc::new(VmIsolation::new(artifacts)))
             }
             IsolationKind::Process => {

@@ -6,7 +6,7 @@
 pub mod artifacts;
 pub mod process;
 pub mod vm;
-mod workspace;
+pub mod workspace;
 
 use hearth_agent::client::Client;
 use std::future::Future;

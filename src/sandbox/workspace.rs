@@ -11,9 +11,11 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError
     move |source| SandboxError::Io { context, source }
 }
 
-/// A per-sandbox directory (`$TMPDIR/hearth-<name>-XXXXXX`) holding the console log, the
-/// workspace image and the sync-back staging tree. Removed on drop unless [`ScratchDir::keep`]
-/// was called (a failed boot keeps its console log for the user).
+/// A per-sandbox directory (`$TMPDIR/hearth-<pid>.<name>-XXXXXX`, pid = the owning hearth
+/// process) holding the console log, the workspace image and the sync-back staging tree. Removed
+/// on drop unless [`ScratchDir::keep`] was called (a failed boot keeps its console log for the
+/// user, marked by a [`KEPT_MARKER`] file); [`reconcile_scratch_dirs`] removes the unmarked ones
+/// of hearth processes that died without cleaning up.
 #[derive(Debug)]
 pub struct ScratchDir {
     path: PathBuf,
@@ -34,7 +36,7 @@ impl ScratchDir {
             .take(40)
             .collect();
         let dir = tempfile::Builder::new()
-            .prefix(&format!("hearth-{safe}-"))
+            .prefix(&format!("hearth-{}.{safe}-", std::process::id()))
             .tempdir()
             .map_err(io("creating the sandbox scratch directory"))?;
         Ok(Self {
@@ -47,9 +49,12 @@ impl ScratchDir {
         &self.path
     }
 
-    /// Leaves the directory (and the files in it) in place on drop.
+    /// Leaves the directory (and the files in it) in place on drop, and out of reconcile.
     pub fn keep(&mut self) {
         self.keep = true;
+        if let Err(e) = std::fs::write(self.path.join(KEPT_MARKER), b"") {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not mark the scratch directory as kept");
+        }
     }
 
     /// Removes the directory now.
@@ -63,6 +68,42 @@ impl ScratchDir {
             _ => Ok(()),
         }
     }
+}
+
+/// The file that marks a scratch directory kept on purpose (a failed boot's console log).
+pub const KEPT_MARKER: &str = "KEPT";
+
+/// Removes the scratch directories under `tmp` (normally `std::env::temp_dir()`) whose owning
+/// hearth process is gone and that were not kept on purpose: what a crashed or killed hearth
+/// left (workspace images can be large). Returns what it removed.
+pub fn reconcile_scratch_dirs(tmp: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("hearth-"))
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let owner_alive = Path::new(&format!("/proc/{pid}")).exists();
+        if owner_alive || !path.is_dir() || path.join(KEPT_MARKER).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a stale sandbox scratch directory")
+            }
+        }
+    }
+    removed
 }
 
 impl Drop for ScratchDir {
@@ -201,6 +242,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reconcile_removes_only_unkept_dirs_of_dead_owners() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Above the kernel's pid_max (4194304 at most): never a live process.
+        let dead = tmp.path().join("hearth-99999999.job-1-abc");
+        let dead_kept = tmp.path().join("hearth-99999999.job-2-def");
+        let live = tmp
+            .path()
+            .join(format!("hearth-{}.job-3-ghi", std::process::id()));
+        let other = tmp.path().join("hearth-notapid");
+        for d in [&dead, &dead_kept, &live, &other] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("workspace.ext4"), b"img").unwrap();
+        }
+        std::fs::write(dead_kept.join(KEPT_MARKER), b"").unwrap();
+        assert_eq!(reconcile_scratch_dirs(tmp.path()), vec![dead.clone()]);
+        assert!(!dead.exists());
+        assert!(dead_kept.is_dir() && live.is_dir() && other.is_dir());
+    }
+
+    #[test]
     fn scratch_dir_is_removed_on_drop_unless_kept() {
         let d = ScratchDir::new("t/x y").unwrap();
         let p = d.path().to_path_buf();
@@ -210,7 +271,7 @@ mod tests {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .starts_with("hearth-t_x_y-")
+                .starts_with(&format!("hearth-{}.t_x_y-", std::process::id()))
         );
         drop(d);
         assert!(!p.exists());
