@@ -78,30 +78,44 @@ done
 logdir="$(mktemp -d)"
 trap 'rm -rf "$logdir"' EXIT
 
-passed=() failed=()
+passed=() failed=() retried=()
 for t in "${tests[@]}"; do
     IFS=$'\t' read -r name exe manifest <<<"$t"
     pkgdir="$(dirname "$manifest")"
     log "running $name ($exe) in $mode mode"
     start=$(date +%s)
-    set +e
-    if [ "$mode" = direct ]; then
-        (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"}) 2>&1 | tee "$logdir/$name.log"
-    else
-        "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$pkgdir" \
-            --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
-            --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
-            --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
-            --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE "${bin_args[@]}" \
-            -- "$exe" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$logdir/$name.log"
-    fi
-    rc=${PIPESTATUS[0]}
-    set -e
+    # The outer machine's kernel (Debian 6.1 running nested SVM under TCG) has been seen to crash
+    # on its own (a stack-guard-page hit in its page-fault path while a vCPU thread ran): an
+    # infrastructure failure, not the test's. Such a run is retried once, loudly; a test failure,
+    # a time limit or a second crash fails the suite as before.
+    for attempt in 1 2; do
+        set +e
+        if [ "$mode" = direct ]; then
+            (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"}) 2>&1 | tee "$logdir/$name.log"
+        else
+            "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$pkgdir" \
+                --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
+                --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
+                --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
+                --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE "${bin_args[@]}" \
+                -- "$exe" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$logdir/$name.log"
+        fi
+        rc=${PIPESTATUS[0]}
+        set -e
+        if [ "$mode" = svm ] && [ "$rc" = 125 ] && [ "$attempt" = 1 ] \
+            && grep -aq 'the outer machine stopped' "$logdir/$name.log" \
+            && grep -aq 'Kernel panic' "$logdir/$name.log"; then
+            log "WARNING: the outer machine's kernel crashed while running $name (harness infrastructure, see the panic above); retrying $name once"
+            retried+=("$name")
+            continue
+        fi
+        break
+    done
     if [ "$rc" = 0 ] && ! grep -aqE '^test result: ok\. [1-9][0-9]* passed' "$logdir/$name.log"; then
         log "$name exited 0 but ran no test"; rc=1
     fi
     if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"
     else failed+=("$name"); log "$name FAILED with status $rc ($(elapsed_since "$start"))"; fi
 done
-log "vm test binaries: ${#passed[@]} ok (${passed[*]:-}), ${#failed[@]} failing (${failed[*]:-}); suite took $(elapsed_since "$suite_start")"
+log "vm test binaries: ${#passed[@]} ok (${passed[*]:-}), ${#failed[@]} failing (${failed[*]:-}), retried after an outer-kernel crash: ${retried[*]:-none}; suite took $(elapsed_since "$suite_start")"
 [ ${#failed[@]} -eq 0 ]
