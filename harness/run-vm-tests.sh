@@ -86,9 +86,12 @@ for t in "${tests[@]}"; do
     start=$(date +%s)
     # The outer machine's kernel (Debian 6.1 running nested SVM under TCG) has been seen to crash
     # on its own (a stack-guard-page hit in its page-fault path while a vCPU thread ran): an
-    # infrastructure failure, not the test's. Such a run is retried once, loudly; a test failure,
-    # a time limit or a second crash fails the suite as before.
-    for attempt in 1 2; do
+    # infrastructure failure, not the test's (seen once per suite run in two runs, each time in a
+    # hearth vCPU thread; a suite boots ~40 guests under hearth and 2 under QEMU, so whether
+    # hearth's way of driving KVM provokes it is open: see BENCHMARKS.md). Such a run
+    # is retried, loudly, up to twice; a test failure, a time limit or a third crash fails the
+    # suite as before.
+    for attempt in 1 2 3; do
         set +e
         if [ "$mode" = direct ]; then
             (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"}) 2>&1 | tee "$logdir/$name.log"
@@ -102,10 +105,10 @@ for t in "${tests[@]}"; do
         fi
         rc=${PIPESTATUS[0]}
         set -e
-        if [ "$mode" = svm ] && [ "$rc" = 125 ] && [ "$attempt" = 1 ] \
+        if [ "$mode" = svm ] && [ "$rc" = 125 ] && [ "$attempt" -lt 3 ] \
             && grep -aq 'the outer machine stopped' "$logdir/$name.log" \
             && grep -aq 'Kernel panic' "$logdir/$name.log"; then
-            log "WARNING: the outer machine's kernel crashed while running $name (harness infrastructure, see the panic above); retrying $name once"
+            log "WARNING: the outer machine's kernel crashed while running $name (harness infrastructure, see the panic above); retrying $name (attempt $((attempt + 1)) of 3)"
             retried+=("$name")
             continue
         fi
