@@ -4,7 +4,7 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::net::{UnixListener, UnixStream};
 
 /// The abstract name for a `@name` path.
@@ -24,7 +24,24 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         }
         None => {
             let _ = std::fs::remove_file(path);
-            UnixListener::bind(path)
+            // bind(2) creates the file before listen(2) makes it connectable: a client that
+            // waits for the file could be refused in between. Bind under a temporary name and
+            // rename it into place once listening, so the file appears only when connectable.
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(format!(".{}.tmp", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            let _ = std::fs::remove_file(&tmp);
+            match UnixListener::bind(&tmp) {
+                Ok(listener) => match std::fs::rename(&tmp, path) {
+                    Ok(()) => Ok(listener),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        Err(e)
+                    }
+                },
+                // The temporary name is too long for sun_path, say: bind in place.
+                Err(_) => UnixListener::bind(path),
+            }
         }
     }
 }
