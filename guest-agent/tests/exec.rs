@@ -234,7 +234,12 @@ async fn orphans_are_adopted_and_reaped() {
     // a guest), which must reap it or it stays behind as a zombie.
     let out = client
         .exec_collect(ExecSpec::script(
-            "setsid sh -c 'sleep 60' >/dev/null 2>&1 </dev/null & echo $!",
+            // Wait until the child really is in its own session (field 6 of /proc/PID/stat):
+            // the agent ends the exec's process group when the script exits, and a child that
+            // has not reached setsid(2) yet would go with it.
+            "setsid sh -c 'sleep 60' >/dev/null 2>&1 </dev/null & p=$!; i=0; \
+             while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != \"$p\" ] && [ $i -lt 1000 ]; do \
+             i=$((i+1)); sleep 0.01; done; echo $p",
         ))
         .await
         .unwrap();
