@@ -74,6 +74,8 @@ fn exec_uname_exit_codes_and_binary_output() {
 }
 
 #[test]
+#[ignore = "quarantined: intermittent guest->host vsock stall (>60 s without output) seen in CI \
+            2026-11-26; open bug in the VMM issue. Run with --include-ignored"]
 fn hundred_mib_of_output_streams_through() {
     let mut vm = tiny_vm("bulk").start().unwrap();
     ready(&vm);
@@ -308,6 +310,8 @@ fn vm_size_kib() -> u64 {
 }
 
 #[test]
+#[ignore = "quarantined: intermittent hang within a boot (2 of 11 harness runs, again in CI \
+            2026-11-26); open bug in the VMM issue. Run with --include-ignored"]
 fn twenty_boots_in_a_row_leak_nothing() {
     let runtime = rt();
     // Every step has a time limit, so a stuck boot names its step (and shows the console)
