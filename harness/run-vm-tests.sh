@@ -72,6 +72,14 @@ bin_args+=(--bin "$mkfs_ext4")
 [ ! -f /etc/mke2fs.conf ] || bin_args+=(--file /etc/mke2fs.conf)
 # Optional: tests' hang watchdogs print thread stacks with gdb when it is there.
 if gdb_bin="$(command -v gdb)"; then bin_args+=(--bin "$gdb_bin"); fi
+# vm_cli and vm_job serve a repository with `git http-backend` and clone it on the (outer) host:
+# git, its exec path (upload-pack, the http helpers: their libraries too) and its templates.
+ensure_pkgs git
+git_bin="$(command -v git)" || die "git not found"
+git_exec="$("$git_bin" --exec-path)"
+git_args=(--bin "$git_bin" --file "$git_exec" --bin "$git_exec/git-remote-http" --bin "$git_exec/git-http-backend")
+git_templates="$(dirname "$(dirname "$git_exec")")/share/git-core/templates"
+[ ! -d "$git_templates" ] || git_args+=(--file "$git_templates")
 for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference vm_boot vm_agent vm_cli vm_job}; do
     printf '%s\n' "${tests[@]}" | cut -f1 | grep -qx "$req" || die "required VM test target $req was not built"
 done
@@ -91,6 +99,8 @@ for t in "${tests[@]}"; do
     # hearth's way of driving KVM provokes it is open: see BENCHMARKS.md). Such a run
     # is retried, loudly, up to twice; a test failure, a time limit or a third crash fails the
     # suite as before.
+    extra_args=()
+    case "$name" in vm_cli|vm_job) extra_args=("${git_args[@]}") ;; esac
     for attempt in 1 2 3; do
         set +e
         if [ "$mode" = direct ]; then
@@ -100,7 +110,7 @@ for t in "${tests[@]}"; do
                 --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
                 --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
                 --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
-                --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE "${bin_args[@]}" \
+                --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE "${bin_args[@]}" ${extra_args[@]+"${extra_args[@]}"} \
                 -- "$exe" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$logdir/$name.log"
         fi
         rc=${PIPESTATUS[0]}

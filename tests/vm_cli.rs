@@ -1,7 +1,12 @@
-//! The `hearth` binary booting real VMs: `hearth test-vm`, and `hearth exec` without `--agent`
-//! (exit codes, output bytes, `--workspace` round trip). Needs /dev/kvm with hardware
+//! The `hearth` binary booting real VMs: `hearth test-vm` (also cloning a repository served by
+//! `git http-backend` into the VM's workspace), and `hearth exec` without `--agent` (exit codes,
+//! output bytes, `--workspace` round trip). Needs /dev/kvm with hardware
 //! virtualization and the guest artifacts: run through harness/run-vm-tests.sh, which passes
 //! the `hearth` binary in as HEARTH_BIN.
+
+#[path = "job_common/git_server.rs"]
+#[allow(dead_code)]
+mod git_server;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -51,10 +56,16 @@ fn require_vm() {
 
 /// Runs `hearth ARGS`, killing it after [`LIMIT`].
 fn run(args: &[&str]) -> Output {
+    run_env(args, &[])
+}
+
+/// Runs `hearth ARGS` with `env` added to the environment, killing it after [`LIMIT`].
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     require_vm();
     let start = Instant::now();
     let mut child = Command::new(hearth())
         .args(args)
+        .envs(env.iter().copied())
         .env("HEARTH_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -140,6 +151,70 @@ fn test_vm_runs_uname_and_prints_boot_timings() {
         !phases.contains(" -,") && phases.matches(" ms").count() >= 4,
         "{phases}"
     );
+}
+
+#[test]
+fn test_vm_clones_the_repository_into_the_workspace() {
+    require_vm();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // git http-backend in this (outer) machine: run-vm-tests.sh passes git in for vm_cli.
+    let git = rt.block_on(git_server::GitServer::start(&dir.path().join("git")));
+    let out = run_env(
+        &[
+            "test-vm",
+            "--repo",
+            git_server::REPO,
+            "--revision",
+            &git.first,
+            "--git-upstream",
+            &git.base,
+        ],
+        &[
+            ("EXECUTOR_FIRECRACKER_DISK_SPACE", "128M"),
+            ("EXECUTOR_FRONTEND_PASSWORD", "test-vm-secret-0123456789"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("--- stdout ---\n{stdout}");
+    assert!(out.status.success(), "hearth test-vm --repo failed");
+    for line in [
+        format!(
+            "cloned {} at {} into the workspace (128 MiB disk at /work)",
+            git_server::REPO,
+            git.first
+        ),
+        format!("guest /work HEAD: {}", git.first),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} missing");
+    }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("Linux ")),
+        "no uname line"
+    );
+    let seen = git.seen();
+    assert!(!seen.is_empty(), "the git server saw no request");
+    for r in &seen {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some("token-executor test-vm-secret-0123456789"),
+            "{r:?}"
+        );
+        assert_eq!(r.job_id.as_deref(), Some("0"), "{r:?}");
+        assert_eq!(r.actor.as_deref(), Some("internal"), "{r:?}");
+        assert!(
+            r.executor.as_deref().is_some_and(|e| !e.is_empty()),
+            "{r:?}"
+        );
+        assert!(
+            r.path
+                .starts_with(&format!("/.executors/git/{}/", git_server::REPO))
+        );
+    }
 }
 
 #[test]

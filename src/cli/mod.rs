@@ -10,6 +10,7 @@ mod queue_db;
 mod run;
 mod submit;
 mod test_vm;
+mod test_vm_clone;
 mod validate;
 mod vm_opts;
 
@@ -43,7 +44,8 @@ pub enum Command {
     Cancel(cancel::CancelArgs),
     /// Check configuration, KVM, guest artifacts, git and the queue/frontend.
     Validate(validate::ValidateArgs),
-    /// Boot the default kernel + rootfs, run `uname -a` in it, print the boot timings.
+    /// Boot the default kernel + rootfs, run `uname -a` in it, print the boot timings; with
+    /// --repo R --revision REV, clone R into the VM's workspace at /work first.
     TestVm(test_vm::TestVmArgs),
 }
 

@@ -1,6 +1,6 @@
 //! A real git repository served over smart HTTP on 127.0.0.1 like a Sourcegraph frontend's
 //! `/.executors/git/<repo>/…` routes: a tiny CGI bridge to `git http-backend` that refuses
-//! requests without a `Bearer` token and records the headers it saw.
+//! requests without a `Bearer` or `token-executor` credential and records the headers it saw.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -160,7 +160,13 @@ async fn cgi(State(st): State<Arc<St>>, req: Request) -> Response {
     let Some(path_info) = path.strip_prefix("/.executors/git") else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
+    // A job token, or the executor secret (jobs without a token, `hearth test-vm --repo`).
+    let authorized = authorization.is_some_and(|a| {
+        ["Bearer ", "token-executor "]
+            .iter()
+            .any(|scheme| a.strip_prefix(scheme).is_some_and(|t| !t.is_empty()))
+    });
+    if !authorized {
         return (StatusCode::UNAUTHORIZED, "invalid token").into_response();
     }
     if path_info.starts_with(&format!("/{SLOW_REPO}/")) {
