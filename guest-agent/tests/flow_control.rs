@@ -136,3 +136,33 @@ async fn unread_output_stops_the_producer() {
     assert_eq!(total, size);
     assert_eq!(info.status, ExitStatus::Code(0));
 }
+
+/// A child that exits with output still in its pipe while the host holds back credit for longer
+/// than the agent's drain-idle limit (2 s): all of the output must still arrive. (The idle clock
+/// used to keep running while the agent waited for credit, so the moment credit came back the
+/// "pipes stayed quiet after exit" timer raced the pending output and could drop it.)
+#[tokio::test]
+async fn output_left_in_the_pipe_survives_a_slow_consumer() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let size = 40_000usize; // fits in a pipe, so the child exits before the agent read it all
+    let mut spec = ExecSpec::argv(["head", "-c", &size.to_string(), "/dev/zero"]);
+    spec.window = hearth_agent::proto::MIN_WINDOW;
+    let mut stream = client.exec(spec).await.unwrap();
+    // Let the child finish and the agent use up its small window, then wait past the idle limit.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut total = 0usize;
+    let info = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.next().await.unwrap().unwrap() {
+                ExecEvent::Started { .. } => {}
+                ExecEvent::Output { data, .. } => total += data.len(),
+                ExecEvent::Exited(info) => break info,
+            }
+        }
+    })
+    .await
+    .expect("exec did not finish");
+    assert_eq!(info.status, ExitStatus::Code(0));
+    assert_eq!(total, size, "output lost after the child exited");
+}

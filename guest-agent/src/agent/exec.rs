@@ -9,7 +9,7 @@ use crate::proto::{
     Program, RequestId, data_cost,
 };
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -247,7 +247,11 @@ pub async fn run_exec(
                 }
             }
             c = ctl.recv() => match c {
-                Some(ExecControl::Credit(n)) => credit = credit.saturating_add(u64::from(n)),
+                Some(ExecControl::Credit(n)) => {
+                    credit = credit.saturating_add(u64::from(n));
+                    // Waiting for credit is not silence: the idle clock starts now.
+                    drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
+                }
                 Some(ExecControl::Signal(sig)) => kill_group(pgid, sig),
                 Some(ExecControl::Cancel) => {
                     if exited.is_none() {
@@ -273,6 +277,12 @@ pub async fn run_exec(
                 kill_group(pgid, libc::SIGKILL);
             }
             _ = tokio::time::sleep_until(drain_deadline), if exited.is_some() && want > 0 => {
+                // On a loaded machine this timer can come due together with output that is
+                // already in a pipe (the select then picks either): only real silence counts.
+                if pending_bytes(&stdout) > 0 || pending_bytes(&stderr) > 0 {
+                    drain_deadline = tokio::time::Instant::now() + DRAIN_IDLE;
+                    continue;
+                }
                 tracing::debug!(id, "output pipes stayed open after exit; closing them");
                 break;
             }
@@ -288,6 +298,20 @@ pub async fn run_exec(
     };
     tracing::debug!(id, pid, ?info, "exec finished");
     out.send(Message::Exited { id, info }).await;
+}
+
+/// Bytes waiting in an output pipe (0 when closed or unknown).
+fn pending_bytes(r: &Option<pipe::Receiver>) -> usize {
+    let Some(r) = r else { return 0 };
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to a live local; the
+    // fd is owned by the receiver and open for the duration of the call.
+    let rc = unsafe { libc::ioctl(r.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// Reads once; `None` on EOF or error (the stream is finished either way).
