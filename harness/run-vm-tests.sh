@@ -19,7 +19,7 @@ repo="$(dirname "$here")"
 . "$here/lib.sh"
 HEARTH_LOG_TAG=vm-tests
 
-mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-1800}"
+mode=auto timeout_s="${HEARTH_VM_TEST_TIMEOUT:-900}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --direct) mode=direct; shift ;;

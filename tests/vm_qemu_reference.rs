@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 const AGENT_PORT: u32 = 1024;
 const READY_LIMIT: Duration = Duration::from_secs(240);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
+/// A whole test, boot included: a guest or agent that stops answering fails the test with the
+/// console tail instead of hanging the suite.
+const TEST_LIMIT: Duration = Duration::from_secs(420);
 
 /// Serializes the boots: the timing must not be disturbed by a second guest on the same cores.
 static ONE_GUEST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -118,21 +121,7 @@ impl Qemu {
     }
 
     fn diagnostics(&self) -> String {
-        let mut console = String::new();
-        if let Ok(mut f) = File::open(&self.console) {
-            let _ = f.read_to_string(&mut console);
-        }
-        let stderr =
-            std::fs::read_to_string(self.console.with_file_name("qemu.stderr")).unwrap_or_default();
-        let tail: String = console
-            .chars()
-            .rev()
-            .take(3000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!("--- guest console (tail) ---\n{tail}\n--- qemu stderr ---\n{stderr}")
+        diagnostics(&self.console)
     }
 
     fn console_text(&self) -> String {
@@ -200,6 +189,46 @@ impl Drop for Qemu {
     }
 }
 
+/// The guest console's tail and QEMU's stderr, for a failure message.
+fn diagnostics(console_path: &Path) -> String {
+    let mut console = String::new();
+    if let Ok(mut f) = File::open(console_path) {
+        let _ = f.read_to_string(&mut console);
+    }
+    let stderr =
+        std::fs::read_to_string(console_path.with_file_name("qemu.stderr")).unwrap_or_default();
+    let tail: String = console
+        .chars()
+        .rev()
+        .take(3000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("--- guest console (tail) ---\n{tail}\n--- qemu stderr ---\n{stderr}")
+}
+
+/// Runs a test's body under [`TEST_LIMIT`]; past it the test fails with the guest's console tail
+/// (the step it was at is the last "step:" line of its output). The body borrows the test's
+/// [`Qemu`], so the console is still there to read; QEMU is killed when that is dropped.
+async fn within_test_limit<F: std::future::Future<Output = ()>>(console: PathBuf, body: F) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!(
+            "test did not finish within {TEST_LIMIT:?}; the last 'step:' line above says where it stopped\n{}",
+            diagnostics(&console)
+        );
+    }
+}
+
+fn step(what: &str) {
+    println!(
+        "step: {what} (t={:?})",
+        START.get_or_init(Instant::now).elapsed()
+    );
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// A guest CID no other test process on this host uses at the same time.
 fn guest_cid(offset: u32) -> u32 {
     3 + (std::process::id() % 100_000) * 4 + offset
@@ -223,6 +252,12 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
     let _one = ONE_GUEST_AT_A_TIME.lock().await;
 
     let (mut qemu, started) = Qemu::boot(&kernel, &rootfs, guest_cid(0));
+    let console = qemu.console.clone();
+    within_test_limit(console, debian_rootfs_checks(&mut qemu, started)).await;
+}
+
+async fn debian_rootfs_checks(qemu: &mut Qemu, started: Instant) {
+    step("waiting for the agent");
     let (client, ready) = qemu.wait_for_agent(started).await;
     println!(
         "REFERENCE qemu start -> agent ready (vmlinux, Debian rootfs, 1 vCPU, 512 MiB): {} ms",
@@ -230,11 +265,13 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
     );
 
     // The agent is PID 1.
+    step("exec cat /proc/1/comm");
     let (comm, _, status) = run(&client, ExecSpec::argv(["cat", "/proc/1/comm"])).await;
     assert_eq!(status, ExitStatus::Code(0));
     assert_eq!(comm.trim(), "hearth-agent");
 
     // uname -a: hearth's own 6.12 kernel.
+    step("exec uname -a");
     let (uname, _, status) = run(&client, ExecSpec::argv(["uname", "-a"])).await;
     assert_eq!(status, ExitStatus::Code(0));
     assert!(
@@ -243,6 +280,7 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
     );
     println!("guest uname -a: {}", uname.trim());
 
+    step("exec a script");
     // A script: separate stdout and stderr, its own exit code, Debian userland present.
     let script = "set -e\necho out-$((6*7))\necho err-line >&2\n. /etc/os-release\necho \"$VERSION_CODENAME\"\nexit 7\n";
     let (stdout, stderr, status) = run(&client, ExecSpec::script(script)).await;
@@ -253,6 +291,7 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
     );
     assert_eq!(stdout, "out-42\nbookworm\n");
     assert_eq!(stderr, "err-line\n");
+    step("exec a self-signalling shell");
     let (_, _, status) = run(&client, ExecSpec::argv(["sh", "-c", "kill -TERM $$"])).await;
     assert_eq!(status, ExitStatus::Signal(15));
 
@@ -262,6 +301,7 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(local.path().join("payload.bin"), &payload).expect("write payload");
+    step("put_files");
     client
         .put_files(local.path(), "/root/upload")
         .await
@@ -277,6 +317,7 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
         Some("200000"),
         "wc: {listing}"
     );
+    step("get_files");
     let back = tempfile::tempdir().expect("tempdir");
     client
         .get_files("/root/upload/payload.bin", back.path())
@@ -289,6 +330,7 @@ async fn qemu_boots_debian_rootfs_and_host_drives_agent_over_vsock() {
         got.len()
     );
 
+    step("shutdown");
     client.shutdown().await.expect("shutdown request");
     let how = qemu.wait_for_shutdown().await;
     println!("guest shut down: {how}");
@@ -303,17 +345,26 @@ async fn qemu_boots_bzimage_with_tiny_rootfs() {
     let _one = ONE_GUEST_AT_A_TIME.lock().await;
 
     let (mut qemu, started) = Qemu::boot(&bzimage, &rootfs, guest_cid(1));
+    let console = qemu.console.clone();
+    within_test_limit(console, bzimage_checks(&mut qemu, started)).await;
+}
+
+async fn bzimage_checks(qemu: &mut Qemu, started: Instant) {
+    step("waiting for the agent");
     let (client, ready) = qemu.wait_for_agent(started).await;
     println!(
         "qemu start -> agent ready (bzImage, tiny rootfs): {} ms",
         ready.as_millis()
     );
+    step("exec uname -r");
     let (uname, _, status) = run(&client, ExecSpec::argv(["uname", "-r"])).await;
     assert_eq!(status, ExitStatus::Code(0));
     assert!(uname.starts_with("6.12."), "uname -r: {uname}");
+    step("exec busybox");
     let (out, _, status) = run(&client, ExecSpec::script("busybox | head -1; exit 3")).await;
     assert_eq!(status, ExitStatus::Code(3));
     assert!(out.starts_with("BusyBox"), "busybox banner: {out}");
+    step("shutdown");
     client.shutdown().await.expect("shutdown request");
     println!("guest shut down: {}", qemu.wait_for_shutdown().await);
 }

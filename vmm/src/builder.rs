@@ -16,6 +16,7 @@ use crate::devices::ready_port::READY_PORT;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::vsock::{DEFAULT_GUEST_CID, Vsock};
+use crate::seccomp::SeccompMode;
 use crate::vstate::control::VmControl;
 use crate::vstate::vcpu::{self, Buses, VcpuBoot};
 use crate::vstate::vm::KvmVm;
@@ -57,6 +58,7 @@ pub struct VmBuilder {
     console_log: Option<PathBuf>,
     deadline: Option<Duration>,
     vsock_cid: Option<u64>,
+    seccomp: SeccompMode,
 }
 
 impl Default for VmBuilder {
@@ -84,7 +86,15 @@ impl VmBuilder {
             console_log: None,
             deadline: None,
             vsock_cid: Some(DEFAULT_GUEST_CID),
+            seccomp: SeccompMode::from_env(),
         }
+    }
+
+    /// The seccomp filter the vCPU and event-loop threads install on themselves (default
+    /// [`SeccompMode::Enforce`], or `HEARTH_SECCOMP`; see [`crate::seccomp`]).
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
+        self
     }
 
     /// The kernel: an ELF vmlinux (PVH if it has the note) or a bzImage.
@@ -303,6 +313,7 @@ impl VmBuilder {
             std::mem::take(&mut dm.subscribers),
             control.clone(),
             deadline,
+            self.seccomp,
         )?;
         control.stamp(|s| &mut s.vm_created);
         let mut vm = Vm {
@@ -319,7 +330,14 @@ impl VmBuilder {
         };
         for (id, fd) in vcpu_fds.into_iter().enumerate() {
             // On error `vm` is dropped, which stops and joins what was started.
-            let h = vcpu::spawn(fd, id as u8, buses.clone(), control.clone(), mem.clone())?;
+            let h = vcpu::spawn(
+                fd,
+                id as u8,
+                buses.clone(),
+                control.clone(),
+                mem.clone(),
+                self.seccomp,
+            )?;
             vm.vcpus.push(h);
         }
         Ok(vm)

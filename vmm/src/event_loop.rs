@@ -9,6 +9,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 
 use crate::VmExit;
 use crate::device_manager::Subscriber;
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::vstate::control::VmControl;
 
 /// Longest single wait, so the stop flag is noticed even if a wake-up is lost.
@@ -41,11 +42,12 @@ impl MutEventSubscriber for Waker {
 }
 
 /// Starts the event loop thread with `subscribers`; at `deadline` the VM is stopped with
-/// [`VmExit::DeadlineExceeded`].
+/// [`VmExit::DeadlineExceeded`]. The thread installs the `seccomp` filter first.
 pub fn spawn(
     subscribers: Vec<Subscriber>,
     control: Arc<VmControl>,
     deadline: Option<Instant>,
+    seccomp: SeccompMode,
 ) -> Result<JoinHandle<()>, EventLoopError> {
     let mut em = EventManager::<Subscriber>::new().map_err(EventLoopError::Create)?;
     em.add_subscriber(Arc::new(Mutex::new(Waker(control.clone()))));
@@ -55,6 +57,11 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("hearth-vmm-events".into())
         .spawn(move || {
+            // Before any queue is served: guest data is handled on this thread from here on.
+            if let Err(e) = seccomp::install(ThreadKind::EventLoop, seccomp) {
+                control.request_exit(VmExit::Error(format!("event loop: {e}")));
+                return;
+            }
             while !control.should_stop() {
                 let mut wait = MAX_WAIT;
                 if let Some(d) = deadline {

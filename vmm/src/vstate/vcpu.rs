@@ -13,6 +13,7 @@ use crate::arch::x86_64::boot::BootProtocol;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::device_manager::bus::Bus;
 use crate::devices::virtio::GuestMemory;
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::vstate::control::VmControl;
 
 /// Errors creating or configuring a vCPU.
@@ -149,13 +150,18 @@ pub fn spawn(
     buses: Buses,
     control: Arc<VmControl>,
     mem: GuestMemory,
+    seccomp: SeccompMode,
 ) -> Result<JoinHandle<()>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("hearth-vcpu{id}"))
         .spawn(move || {
             // Guest memory must outlive every KVM_RUN of this vCPU.
             let _mem = mem;
-            run_loop(&mut vcpu, id, &buses, &control);
+            // Before the first KVM_RUN: from then on the guest drives this thread.
+            match seccomp::install(ThreadKind::Vcpu, seccomp) {
+                Ok(()) => run_loop(&mut vcpu, id, &buses, &control),
+                Err(e) => control.request_exit(VmExit::Error(format!("vCPU {id}: {e}"))),
+            }
         })
         .map_err(VcpuError::Spawn)
 }

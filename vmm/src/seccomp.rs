@@ -1,0 +1,295 @@
+//! Seccomp filters for the VMM's own threads.
+//!
+//! The threads that handle guest-controlled data install a filter on themselves before they touch
+//! any of it: each vCPU thread before its first `KVM_RUN` (MMIO and port I/O exits are emulated
+//! there) and the device event-loop thread before it serves a queue (virtio descriptor chains,
+//! vsock packets, block requests). A filter is per thread: the rest of the host process (the
+//! tokio runtime of `hearth run`, its HTTP client, git, workspaces) is not restricted by it.
+//!
+//! Threat model as in Firecracker's design: a vCPU or device thread may be under the guest's
+//! control the moment it runs. So the allowlists hold only what those threads do in normal
+//! operation (memory allocation without `PROT_EXEC`, futexes, eventfd and file reads and writes,
+//! `epoll`, the `KVM_RUN` ioctl and nothing else of `ioctl`, thread exit) and deny everything a
+//! compromise would want next: `open`, `socket`, `execve`, `fork`/`clone`, `ptrace`, other
+//! ioctls (no new KVM VMs, no `TIOCSTI`), `mprotect`/`mmap` making memory executable.
+//!
+//! [`SeccompMode::Enforce`] (the default) kills the whole process on a denied call
+//! (`SECCOMP_RET_KILL_PROCESS`, as Firecracker does): a VMM thread making such a call is either
+//! compromised or has a bug, and neither may go on; `hearth run` reconciles leftovers at its next
+//! start. [`SeccompMode::Log`] lets the call through and has the kernel log it (audit records
+//! `type=1326` in the kernel log: how to find a missing entry), [`SeccompMode::Off`] installs
+//! nothing (debugging only).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// What a thread's filter does with a call that is not on its allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompMode {
+    /// Kill the process (`SECCOMP_RET_KILL_PROCESS`).
+    #[default]
+    Enforce,
+    /// Allow it and have the kernel log it (`SECCOMP_RET_LOG`).
+    Log,
+    /// No filter at all.
+    Off,
+}
+
+/// The environment variable that overrides the default mode of [`crate::VmBuilder`].
+pub const MODE_ENV: &str = "HEARTH_SECCOMP";
+
+impl SeccompMode {
+    /// [`MODE_ENV`] when set to a valid mode, else [`SeccompMode::Enforce`] (an invalid value is
+    /// logged and ignored: a typo must not switch the filter off).
+    pub fn from_env() -> SeccompMode {
+        match std::env::var(MODE_ENV) {
+            Ok(v) => v.parse().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "{MODE_ENV} ignored; seccomp stays enforced");
+                SeccompMode::Enforce
+            }),
+            Err(_) => SeccompMode::Enforce,
+        }
+    }
+}
+
+impl FromStr for SeccompMode {
+    type Err = SeccompError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enforce" | "on" | "true" => Ok(SeccompMode::Enforce),
+            "log" => Ok(SeccompMode::Log),
+            "off" | "false" => Ok(SeccompMode::Off),
+            other => Err(SeccompError::Mode(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SeccompMode::Enforce => "enforce",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        })
+    }
+}
+
+/// Which of the VMM's threads a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// A vCPU thread: `KVM_RUN` and the devices' MMIO/PIO handlers.
+    Vcpu,
+    /// The device event loop: epoll, virtio queues, disk I/O, vsock.
+    EventLoop,
+}
+
+/// Errors building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// Not one of `enforce`, `log`, `off`.
+    #[error("unknown seccomp mode {0:?} (expected enforce, log or off)")]
+    Mode(String),
+    /// The rules did not compile to BPF (a bug in the rules).
+    #[error("compiling the {kind:?} seccomp filter: {source}")]
+    Compile {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// seccompiler's error.
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    /// The kernel refused the filter.
+    #[error("installing the {kind:?} seccomp filter: {source}")]
+    Install {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// seccompiler's error.
+        #[source]
+        source: seccompiler::Error,
+    },
+}
+
+/// The calling thread installs the filter for `kind` (no-op for [`SeccompMode::Off`]). Also sets
+/// `no_new_privs` on the thread, which seccomp requires without `CAP_SYS_ADMIN`.
+pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
+    let Some(program) = program(kind, mode)? else {
+        return Ok(());
+    };
+    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install { kind, source })
+}
+
+/// The compiled BPF program for `kind` in `mode` (`None` for [`SeccompMode::Off`]).
+pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
+    let mismatch = match mode {
+        SeccompMode::Enforce => SeccompAction::KillProcess,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::Off => return Ok(None),
+    };
+    let compile = |source| SeccompError::Compile { kind, source };
+    let filter = SeccompFilter::new(
+        rules(kind).map_err(compile)?,
+        mismatch,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(compile)?;
+    let program: BpfProgram = filter.try_into().map_err(compile)?;
+    Ok(Some(program))
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// The allowlist of `kind`: syscall number → rules (an empty list allows every call of it).
+pub fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
+    let mut r = Rules::new();
+    common(&mut r)?;
+    match kind {
+        ThreadKind::Vcpu => {
+            // KVM_RUN is the only ioctl: no other vCPU or VM ioctl, and none on other fds.
+            r.insert(libc::SYS_ioctl, vec![arg_eq(1, KVM_RUN)?]);
+        }
+        ThreadKind::EventLoop => {
+            for nr in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                // Disk images: read/write at the current offset after a seek, flush.
+                libc::SYS_lseek,
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_preadv,
+                libc::SYS_pwritev,
+                libc::SYS_fsync,
+                libc::SYS_fdatasync,
+                // The vsock device's retransmit/credit timer.
+                libc::SYS_timerfd_settime,
+                libc::SYS_timerfd_gettime,
+            ] {
+                r.insert(nr, vec![]);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = 0xae80;
+
+/// What every filtered thread needs: logging and eventfd I/O, locks, sleeping, the allocator,
+/// signals for the vCPU kick, thread exit.
+fn common(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    for nr in [
+        libc::SYS_read,
+        libc::SYS_readv,
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_close,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_clock_gettime,
+        libc::SYS_gettimeofday,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_getrandom,
+        libc::SYS_brk,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_sigaltstack,
+        libc::SYS_restart_syscall,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+    ] {
+        r.insert(nr, vec![]);
+    }
+    // Device activation (DRIVER_OK, written by the guest) duplicates the queue eventfds it hands
+    // to the event loop (F_DUPFD_CLOEXEC); Rust's standard library checks an fd with F_GETFD
+    // before it closes it (debug builds). No other fcntl command.
+    r.insert(
+        libc::SYS_fcntl,
+        vec![
+            arg_eq(1, libc::F_DUPFD_CLOEXEC as u64)?,
+            arg_eq(1, libc::F_GETFD as u64)?,
+        ],
+    );
+    // The allocator maps and protects memory, never executable memory.
+    r.insert(libc::SYS_mmap, vec![no_prot_exec(2)?]);
+    r.insert(libc::SYS_mprotect, vec![no_prot_exec(2)?]);
+    Ok(())
+}
+
+fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// Argument `arg` (a `prot` value) has no `PROT_EXEC` bit.
+fn no_prot_exec(arg: u8) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_and_mode_compiles() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
+            for mode in [SeccompMode::Enforce, SeccompMode::Log] {
+                let p = program(kind, mode).unwrap().expect("a program");
+                assert!(p.len() > 10, "{kind:?}/{mode}: {} instructions", p.len());
+            }
+            assert!(program(kind, SeccompMode::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn only_the_event_loop_may_use_epoll_and_only_vcpus_kvm_run() {
+        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        let events = rules(ThreadKind::EventLoop).unwrap();
+        assert!(vcpu.contains_key(&libc::SYS_ioctl));
+        assert!(!events.contains_key(&libc::SYS_ioctl));
+        assert!(events.contains_key(&libc::SYS_epoll_wait));
+        assert!(!vcpu.contains_key(&libc::SYS_epoll_wait));
+        for denied in [
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!vcpu.contains_key(&denied) && !events.contains_key(&denied));
+        }
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(
+            "enforce".parse::<SeccompMode>().unwrap(),
+            SeccompMode::Enforce
+        );
+        assert_eq!("log".parse::<SeccompMode>().unwrap(), SeccompMode::Log);
+        assert_eq!("off".parse::<SeccompMode>().unwrap(), SeccompMode::Off);
+        assert!("maybe".parse::<SeccompMode>().is_err());
+    }
+}
