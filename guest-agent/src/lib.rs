@@ -6,5 +6,6 @@ pub mod archive;
 pub mod client;
 mod outbox;
 pub mod proto;
+mod transfer_credit;
 pub mod transport;
 mod unix_socket;

@@ -7,6 +7,7 @@ use crate::outbox::Outbox;
 use crate::proto::{
     DATA_MESSAGE_COST, ErrorCode, MIN_WINDOW, Message, PUT_WINDOW, RequestId, data_cost,
 };
+use crate::transfer_credit::CreditReturner;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -65,14 +66,11 @@ pub async fn run_put(
         return;
     }
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
-    let credit_out = out.clone();
-    let grant = Arc::clone(&credit);
-    // Each consumed chunk was one FileChunk message: return its full cost.
-    let on_consumed = Box::new(move |n: usize| {
-        let n = u32::try_from(data_cost(n)).unwrap_or(u32::MAX);
-        grant.fetch_add(i64::from(n), Ordering::SeqCst);
-        credit_out.blocking_send(Message::Credit { id, bytes: n });
-    });
+    // The connection charges each chunk against `credit`; it goes back as the extractor consumes
+    // the chunks, and all at once for chunks it will never read (it stopped early).
+    let returner = CreditReturner::new(id, Arc::clone(&credit), out.clone());
+    let consumed = returner.clone();
+    let on_consumed = Box::new(move |n: usize| consumed.consumed_blocking(n));
     let mut extraction =
         tokio::task::spawn_blocking(move || extract_tar(ChunkReader::new(rx, on_consumed), &dest));
     credit.fetch_add(i64::from(PUT_WINDOW), Ordering::SeqCst);
@@ -95,6 +93,7 @@ pub async fn run_put(
         tokio::select! {
             r = &mut extraction, if result.is_none() => {
                 tx = None;
+                returner.return_unconsumed().await;
                 let r = r.unwrap_or_else(|e| Err(ArchiveError::Tar(std::io::Error::other(e))));
                 if let Err(e) = &r {
                     if !cancelled {
@@ -106,10 +105,17 @@ pub async fn run_put(
             }
             c = ctl.recv(), if !ended => match c {
                 Some(FileControl::Chunk(data)) => {
-                    if let Some(t) = &tx
-                        && t.send(data).await.is_err() {
-                            tx = None;
-                        }
+                    returner.forwarded(data.len());
+                    let sent = match &tx {
+                        Some(t) => t.send(data).await.is_ok(),
+                        None => false,
+                    };
+                    if !sent {
+                        // Nobody reads it (the extractor stopped): the client may still be
+                        // sending the rest of its stream and needs the credit to get to FileEnd.
+                        tx = None;
+                        returner.return_unconsumed().await;
+                    }
                 }
                 Some(FileControl::End) => { ended = true; tx = None; }
                 Some(FileControl::Credit(_)) => {}

@@ -6,10 +6,11 @@
 use super::{Client, ClientError, unexpected};
 use crate::archive::{ChunkReader, ChunkWriter, ExtractStats, extract_tar, pack_tree};
 use crate::proto::{DATA_MESSAGE_COST, DEFAULT_WINDOW, Message, RequestId, data_cost};
+use crate::transfer_credit::CreditReturner;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use tokio::sync::mpsc;
 
 /// Unregisters a request when the transfer ends, however it ends.
@@ -129,48 +130,75 @@ impl Client {
         })
         .await?;
         let (tx, chunks) = mpsc::channel::<Vec<u8>>(64);
-        let out = self.inner.out.clone();
-        // Each consumed chunk was one FileChunk message: return its full cost.
-        let on_consumed = Box::new(move |n: usize| {
-            let n = u32::try_from(data_cost(n)).unwrap_or(u32::MAX);
-            credit.fetch_add(i64::from(n), Ordering::SeqCst);
-            out.blocking_send(Message::Credit { id, bytes: n });
-        });
+        // Credit goes back once the extractor has consumed a chunk, or, for chunks it will never
+        // read (it stopped early), once it has stopped: the agent must always be able to reach
+        // its FileEnd, or it would wait for credit while we wait for its next message.
+        let returner = CreditReturner::new(id, credit, self.inner.out.clone());
+        let consumed = returner.clone();
+        let on_consumed = Box::new(move |n: usize| consumed.consumed_blocking(n));
         let dest = local_dest.to_path_buf();
-        let extraction = tokio::task::spawn_blocking(move || {
+        let mut extraction = tokio::task::spawn_blocking(move || {
             extract_tar(ChunkReader::new(chunks, on_consumed), &dest)
         });
         let mut tx = Some(tx);
-        let mut failure = None;
-        loop {
-            match self.recv(&mut rx).await {
-                Ok(Message::FileChunk { data, .. }) => {
-                    if let Some(t) = &tx
-                        && t.send(data).await.is_err()
-                    {
-                        tx = None; // extraction stopped early; its error follows
-                        let _ = self.send(Message::Cancel { id }).await;
-                        break;
+        let mut extracted = None;
+        let failure = loop {
+            tokio::select! {
+                r = &mut extraction, if extracted.is_none() => {
+                    // Finished before the FileEnd: an error, or trailing bytes after the
+                    // end-of-archive marker. Either way it reads nothing more.
+                    tx = None;
+                    let r = r.map_err(|e| {
+                        ClientError::InvalidRequest(format!("extraction task failed: {e}"))
+                    });
+                    returner.return_unconsumed().await;
+                    match r {
+                        Ok(Ok(stats)) => extracted = Some(Ok(stats)),
+                        Ok(Err(e)) => break Some(ClientError::from(e)),
+                        Err(e) => break Some(e),
                     }
                 }
-                Ok(Message::FileEnd { .. }) => break,
-                Ok(other) => {
-                    failure = Some(unexpected(other));
-                    break;
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+                m = self.recv(&mut rx) => match m {
+                    Ok(Message::FileChunk { data, .. }) => {
+                        let n = data.len();
+                        returner.forwarded(n);
+                        let sent = match &tx {
+                            Some(t) => t.send(data).await.is_ok(),
+                            None => false,
+                        };
+                        if !sent {
+                            // The extractor is gone (its result is picked up above).
+                            tx = None;
+                            returner.return_unconsumed().await;
+                        }
+                    }
+                    Ok(Message::FileEnd { .. }) => break None,
+                    Ok(other) => break Some(unexpected(other)),
+                    Err(e) => break Some(e),
                 }
             }
-        }
+        };
         drop(tx);
-        let extracted = extraction
-            .await
-            .map_err(|e| ClientError::InvalidRequest(format!("extraction task failed: {e}")))?;
         if let Some(f) = failure {
+            // Stop the agent's side too (ignored if it already finished).
+            if !matches!(
+                f,
+                ClientError::Agent { .. } | ClientError::ConnectionClosed(_)
+            ) {
+                let _ = self.send(Message::Cancel { id }).await;
+            }
+            if extracted.is_none() {
+                extraction.abort();
+            }
             return Err(f);
         }
-        Ok(extracted?)
+        let stats = match extracted {
+            Some(r) => r,
+            None => extraction
+                .await
+                .map_err(|e| ClientError::InvalidRequest(format!("extraction task failed: {e}")))?
+                .map_err(ClientError::from),
+        }?;
+        Ok(stats)
     }
 }
