@@ -179,6 +179,24 @@ fn validate_reports_kvm_kind_and_process_warning() {
     } else {
         assert!(!vm_text.contains("FAIL  kvm"), "{vm_text}");
     }
+    // VM isolation reports the VMM threads' seccomp filters; a mistyped mode is an error (it
+    // must not silently switch the filters off).
+    assert!(
+        vm_text.contains("ok    seccomp: vCPU and event-loop threads filtered"),
+        "{vm_text}"
+    );
+    let typo = Command::new(HEARTH)
+        .args(["validate", "--isolation", "vm"])
+        .env("HEARTH_QUEUE_DB", &db)
+        .env_remove("EXECUTOR_FRONTEND_URL")
+        .env("HEARTH_SECCOMP", "of")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&typo).contains("FAIL  seccomp: HEARTH_SECCOMP: unknown seccomp mode \"of\""),
+        "{}",
+        stdout(&typo)
+    );
 
     // EXECUTOR_USE_FIRECRACKER=false selects process isolation without the flag.
     let env_sel = Command::new(HEARTH)

@@ -93,6 +93,52 @@ fn check_kvm(r: &mut Report, needed: bool) {
     }
 }
 
+/// The VMM threads' seccomp filters: the mode `HEARTH_SECCOMP` selects, that the filters
+/// compile, and that the kernel has the actions they use.
+fn check_seccomp(r: &mut Report) {
+    use hearth_vmm::seccomp::{MODE_ENV, SeccompMode, ThreadKind, program};
+    let mode = match std::env::var(MODE_ENV) {
+        Ok(v) => match v.parse::<SeccompMode>() {
+            Ok(m) => m,
+            Err(e) => return r.fail("seccomp", format!("{MODE_ENV}: {e}")),
+        },
+        Err(_) => SeccompMode::Enforce,
+    };
+    for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
+        if let Err(e) = program(kind, mode) {
+            return r.fail("seccomp", e.to_string());
+        }
+    }
+    let actions =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let needed = match mode {
+        SeccompMode::Enforce => "kill_process",
+        SeccompMode::Log => "log",
+        SeccompMode::Off => {
+            return r.warn(
+                "seccomp",
+                format!("{MODE_ENV}=off: VMM threads run without a filter (debugging only)"),
+            );
+        }
+    };
+    if !actions.split_whitespace().any(|a| a == needed) {
+        return r.fail(
+            "seccomp",
+            format!("the kernel lacks the seccomp action {needed} (actions_avail: {actions:?})"),
+        );
+    }
+    match mode {
+        SeccompMode::Log => r.warn(
+            "seccomp",
+            format!("{MODE_ENV}=log: denied calls of VMM threads are only logged, not stopped"),
+        ),
+        _ => r.ok(
+            "seccomp",
+            "vCPU and event-loop threads filtered; a denied call kills the process",
+        ),
+    }
+}
+
 fn check_git(r: &mut Report) {
     match std::process::Command::new("git").arg("version").output() {
         Ok(o) if o.status.success() => {
@@ -178,6 +224,9 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     };
     r.ok("isolation", kind.to_string());
     check_kvm(&mut r, kind == IsolationKind::Vm);
+    if kind == IsolationKind::Vm {
+        check_seccomp(&mut r);
+    }
     match args.isolation.artifact_search().resolve() {
         Ok(a) => r.ok(
             "guest artifacts",
