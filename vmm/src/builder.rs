@@ -225,8 +225,10 @@ impl VmBuilder {
         let control = Arc::new(VmControl::new().map_err(VmError::EventFd)?);
         let deadline = self.deadline.map(|d| build_start + d);
 
-        let mem = arch::create_guest_memory(self.memory_mib << 20)
+        let ram = arch::create_guest_memory(self.memory_mib << 20)
             .map_err(|e| VmError::Memory(e.to_string()))?;
+        // Dropped before `ram` on every path (declared after it), as is everything below.
+        let mem = ram.memory().clone();
         let kvm_vm = KvmVm::create(&mem)?;
         let base_cpuid = cpuid::supported(&kvm_vm.kvm).map_err(VmError::Cpuid)?;
 
@@ -326,7 +328,7 @@ impl VmBuilder {
             console_tail: tail,
             vsock,
             _kvm: Some(kvm_vm),
-            _mem: mem.clone(),
+            ram,
         };
         for (id, fd) in vcpu_fds.into_iter().enumerate() {
             // On error `vm` is dropped, which stops and joins what was started.

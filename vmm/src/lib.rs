@@ -31,9 +31,9 @@ pub use builder::{DEFAULT_CMDLINE, VmBuilder};
 pub use timings::BootTimings;
 
 use crate::devices::console::ConsoleTail;
-use crate::devices::virtio::GuestMemory;
 pub use crate::devices::virtio::vsock::{VsockHandle, VsockListener, VsockStream};
 use crate::vstate::control::VmControl;
+use crate::vstate::memory::GuestRam;
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,9 +142,10 @@ pub struct Vm {
     console_log: Option<PathBuf>,
     console_tail: ConsoleTail,
     vsock: Option<VsockHandle>,
-    // Dropped after the threads are joined (field order): the KVM VM, then guest memory.
+    // Dropped after the threads are joined (field order): the KVM VM, then guest memory, which
+    // is unmapped once nothing refers to it any more.
     _kvm: Option<vstate::vm::KvmVm>,
-    _mem: GuestMemory,
+    ram: GuestRam,
 }
 
 impl Vm {
@@ -217,14 +218,7 @@ impl Vm {
     /// Host virtual address ranges `(start, length)` of the guest RAM mappings (for memory
     /// accounting: the VMM's own overhead is the process RSS outside these ranges).
     pub fn guest_ram_host_ranges(&self) -> Vec<(u64, u64)> {
-        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-        self._mem
-            .iter()
-            .filter_map(|r| {
-                let host = self._mem.get_host_address(r.start_addr()).ok()?;
-                Some((host as u64, r.len()))
-            })
-            .collect()
+        self.ram.host_ranges()
     }
 
     fn join_threads(&mut self) {

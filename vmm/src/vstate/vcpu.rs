@@ -155,13 +155,16 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("hearth-vcpu{id}"))
         .spawn(move || {
-            // Guest memory must outlive every KVM_RUN of this vCPU.
-            let _mem = mem;
+            // Guest memory must outlive every KVM_RUN of this vCPU, and the vCPU fd (which
+            // keeps the KVM VM and its memory slots alive) is closed before the memory clone.
+            let mem = mem;
             // Before the first KVM_RUN: from then on the guest drives this thread.
             match seccomp::install(ThreadKind::Vcpu, seccomp) {
                 Ok(()) => run_loop(&mut vcpu, id, &buses, &control),
                 Err(e) => control.request_exit(VmExit::Error(format!("vCPU {id}: {e}"))),
             }
+            drop(vcpu);
+            drop(mem);
         })
         .map_err(VcpuError::Spawn)
 }

@@ -49,6 +49,9 @@ pub struct KvmVm {
     pub kvm: Kvm,
     /// The VM.
     pub fd: VmFd,
+    /// The memory its slots point at: kept referenced while the VM fd lives, so that the
+    /// mapping's owner ([`crate::vstate::memory::GuestRam`]) never unmaps it under the VM.
+    _mem: GuestMemory,
 }
 
 impl KvmVm {
@@ -87,6 +90,10 @@ impl KvmVm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-        Ok(Self { kvm, fd })
+        Ok(Self {
+            kvm,
+            fd,
+            _mem: mem.clone(),
+        })
     }
 }

@@ -9,12 +9,12 @@ pub mod regs;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::devices::virtio::GuestMemory;
+use crate::vstate::memory::{GuestRam, MemoryError};
 
-/// Builds the guest memory: RAM below the 32-bit MMIO hole, the rest above 4 GiB.
-pub fn create_guest_memory(
-    mem_bytes: u64,
-) -> Result<GuestMemory, vm_memory::mmap::FromRangesError> {
-    GuestMemory::from_ranges(&ram_ranges(mem_bytes))
+/// Builds the guest memory: RAM below the 32-bit MMIO hole, the rest above 4 GiB, each region
+/// mapped 2 MiB-aligned on the host (see [`GuestRam`]).
+pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestRam, MemoryError> {
+    GuestRam::new(&ram_ranges(mem_bytes))
 }
 
 /// The RAM ranges of a guest with `mem_bytes` of memory.
