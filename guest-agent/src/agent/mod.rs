@@ -88,7 +88,7 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((stream, _)) => { tokio::spawn(serve_connection(stream, Arc::clone(&state))); }
+                        Ok((stream, _)) => { tokio::spawn(serve_connection(stream, Arc::clone(&state), None)); }
                         Err(e) => tracing::warn!(error = %e, "accept failed"),
                     },
                     _ = shutdown_rx.recv() => break,
@@ -108,7 +108,12 @@ pub async fn serve(
                     r = listener.accept() => match r {
                         Ok((stream, peer)) => {
                             tracing::debug!(?peer, "vsock connection");
-                            tokio::spawn(serve_connection(stream, Arc::clone(&state)));
+                            // The fd stays open while serve_connection owns the stream, which
+                            // is as long as the closure is used.
+                            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                            let unsent: server::UnsentBytes =
+                                Box::new(move || server::socket_unsent_bytes(fd));
+                            tokio::spawn(serve_connection(stream, Arc::clone(&state), Some(unsent)));
                         }
                         Err(e) => tracing::warn!(error = %e, "accept failed"),
                     },

@@ -11,6 +11,7 @@ use crate::transport::{TransportError, read_message};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -35,8 +36,57 @@ enum Active {
     Get(mpsc::UnboundedSender<FileControl>),
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve_connection<S>(stream: S, state: Arc<AgentState>)
+/// Bytes written to a connection that have not left this machine yet (`None`: unknown). For
+/// vsock this is SIOCOUTQ: the bytes the device has not consumed.
+pub type UnsentBytes = Box<dyn Fn() -> Option<usize> + Send + Sync>;
+
+/// The most the agent waits, after answering Shutdown, for the answer to leave the machine.
+const SHUTDOWN_SEND_LIMIT: Duration = Duration::from_secs(3);
+/// Without SIOCOUTQ (older kernels): a pause for the kernel's transmit work instead.
+const SHUTDOWN_SEND_PAUSE: Duration = Duration::from_millis(200);
+
+/// SIOCOUTQ of a socket: bytes the transport has not sent yet.
+pub fn socket_unsent_bytes(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which points to a live
+    // local; an fd that is not a socket only makes the call fail.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if rc == 0 {
+        usize::try_from(n).ok()
+    } else {
+        None
+    }
+}
+
+/// Waits until `unsent` reports nothing left to send, at most `limit`. A powered-off guest sends
+/// nothing more: the answer to Shutdown must have left before, or the client waits for it
+/// forever (a guest without ACPI halts, and its VMM may keep the connection open).
+async fn wait_until_sent(unsent: &UnsentBytes, limit: Duration) {
+    let start = tokio::time::Instant::now();
+    loop {
+        match unsent() {
+            Some(0) => return,
+            Some(_) if start.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Some(n) => {
+                tracing::warn!(
+                    unsent = n,
+                    "shutdown answer not sent after {limit:?}; going on"
+                );
+                return;
+            }
+            None => {
+                tokio::time::sleep(SHUTDOWN_SEND_PAUSE).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one client connection until it closes. `unsent`, when the transport can tell, is
+/// used to make sure the answer to Shutdown has left the machine before it powers off.
+pub async fn serve_connection<S>(stream: S, state: Arc<AgentState>, unsent: Option<UnsentBytes>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -111,7 +161,7 @@ where
                     break;
                 }
                 Some(Ok(msg)) => {
-                    if !dispatch(msg, &mut active, &out, &state, &done_tx).await {
+                    if !dispatch(msg, &mut active, &out, &state, &done_tx, unsent.as_ref()).await {
                         break;
                     }
                 }
@@ -158,6 +208,7 @@ async fn dispatch(
     out: &Outbox,
     state: &Arc<AgentState>,
     done: &mpsc::UnboundedSender<RequestId>,
+    unsent: Option<&UnsentBytes>,
 ) -> bool {
     let id = msg.id();
     let starts_request = matches!(
@@ -259,6 +310,9 @@ async fn dispatch(
         Message::Shutdown { id } => {
             tracing::info!("shutdown requested");
             out.send_flushed(Message::Done { id }).await;
+            if let Some(unsent) = unsent {
+                wait_until_sent(unsent, SHUTDOWN_SEND_LIMIT).await;
+            }
             let _ = state.shutdown_tx.send(()).await;
             return false;
         }
@@ -295,4 +349,31 @@ async fn unknown(out: &Outbox, id: RequestId, what: &str) -> bool {
         message,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn shutdown_waits_until_the_answer_is_sent_and_no_longer() {
+        // Unsent bytes drain after a few polls: the wait ends then.
+        let left = Arc::new(AtomicUsize::new(3));
+        let l = Arc::clone(&left);
+        let unsent: UnsentBytes = Box::new(move || {
+            let n = l.load(Ordering::SeqCst);
+            l.store(n.saturating_sub(1), Ordering::SeqCst);
+            Some(n)
+        });
+        let t = std::time::Instant::now();
+        wait_until_sent(&unsent, Duration::from_secs(5)).await;
+        assert_eq!(left.load(Ordering::SeqCst), 0);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // Never drains: gives up at the limit.
+        let stuck: UnsentBytes = Box::new(|| Some(7));
+        let t = std::time::Instant::now();
+        wait_until_sent(&stuck, Duration::from_millis(100)).await;
+        assert!(t.elapsed() >= Duration::from_millis(100) && t.elapsed() < Duration::from_secs(2));
+    }
 }

@@ -47,7 +47,15 @@ pub enum ClientError {
     Archive(#[from] ArchiveError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("no answer from the agent to {request} within {waited:?}")]
+    NoAnswer {
+        request: &'static str,
+        waited: std::time::Duration,
+    },
 }
+
+/// How long [`Client::shutdown`] waits for the agent's answer (or the connection's end).
+pub const SHUTDOWN_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Capabilities the client announces.
 pub const CLIENT_CAPABILITIES: &[&str] = &["flow-control"];
@@ -198,14 +206,24 @@ impl Client {
         r
     }
 
-    /// Asks the agent to sync and power off (or exit, on the host).
+    /// Asks the agent to sync and power off (or exit, on the host). Done, or the connection
+    /// ending, is success. Waits at most [`SHUTDOWN_ANSWER_LIMIT`]: a guest that powered off
+    /// may leave its connection open (no ACPI: it halts and the VMM keeps running), so an answer
+    /// lost on the way must not leave the caller waiting forever.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         let (id, mut rx) = self.register(None);
-        self.send(Message::Shutdown { id }).await?;
-        let r = match rx.recv().await {
-            Some(Message::Done { .. }) | None => Ok(()),
-            Some(other) => Err(unexpected(other)),
-        };
+        let r = async {
+            self.send(Message::Shutdown { id }).await?;
+            match tokio::time::timeout(SHUTDOWN_ANSWER_LIMIT, rx.recv()).await {
+                Ok(Some(Message::Done { .. }) | None) => Ok(()),
+                Ok(Some(other)) => Err(unexpected(other)),
+                Err(_) => Err(ClientError::NoAnswer {
+                    request: "Shutdown",
+                    waited: SHUTDOWN_ANSWER_LIMIT,
+                }),
+            }
+        }
+        .await;
         self.unregister(id);
         r
     }
