@@ -32,3 +32,127 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// What a test tells its deadline about the VMs it runs, so a hang can be reported with the
+/// guest's console and the vsock device's state. Cheap to share; the latest VM wins.
+#[derive(Default)]
+pub struct Probe {
+    vms: std::sync::Mutex<Vec<(PathBuf, Option<hearth_vmm::VsockHandle>)>>,
+}
+
+impl Probe {
+    /// Registers a started VM (its console log and vsock device).
+    pub fn watch(&self, vm: &hearth_vmm::Vm) {
+        let console = vm.console_log_path().map(PathBuf::from).unwrap_or_default();
+        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        vms.retain(|(c, _)| *c != console);
+        vms.push((console, vm.vsock().cloned()));
+        // Only the recent ones matter for a report.
+        let excess = vms.len().saturating_sub(4);
+        vms.drain(..excess);
+    }
+
+    /// Console tails and vsock states of the watched VMs.
+    pub fn report(&self) -> String {
+        let vms = self.vms.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let mut out = String::new();
+        for (console, vsock) in vms {
+            out.push_str(&format!("--- console {} (tail) ---\n", console.display()));
+            out.push_str(&tail(&std::fs::read(&console).unwrap_or_default(), 4000));
+            out.push('\n');
+            if let (Some(v), Ok(rt)) = (vsock, &rt) {
+                let state = rt.block_on(v.describe(std::time::Duration::from_secs(5)));
+                out.push_str("--- vsock device ---\n");
+                out.push_str(
+                    &state.unwrap_or_else(|| "(no answer from the event loop in 5 s)".into()),
+                );
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The last `n` bytes of `bytes` as (lossy) text.
+pub fn tail(bytes: &[u8], n: usize) -> String {
+    String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(n)..]).into_owned()
+}
+
+/// Every thread's stack of this process, with gdb when the harness provides it (given at most a
+/// minute: attaching to threads inside KVM_RUN must not become the next hang).
+pub fn thread_stacks() -> String {
+    let dir = std::env::temp_dir();
+    let out_path = dir.join(format!("hearth-gdb-{}.txt", std::process::id()));
+    let Ok(out) = std::fs::File::create(&out_path) else {
+        return "(cannot create a file for gdb's output)".into();
+    };
+    let err = out.try_clone();
+    let mut cmd = std::process::Command::new("gdb");
+    cmd.args(["-p", &std::process::id().to_string(), "-batch", "-nx"])
+        .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
+        .stdin(std::process::Stdio::null())
+        .stdout(out);
+    if let Ok(err) = err {
+        cmd.stderr(err);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return format!("(no gdb for thread stacks: {e})"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut note = String::new();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                note = "(gdb did not finish within 60 s; killed)\n".into();
+                break;
+            }
+        }
+    }
+    let text = std::fs::read(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    note + &tail(&text, 40_000)
+}
+
+/// Runs a whole test under a deadline. The body runs on its own thread; past `limit` the test
+/// fails with the watched VMs' console tails, their vsock state and every thread's stack instead
+/// of hanging the suite (the stuck body thread is left behind; the process ends with the binary).
+/// A panic in the body fails the test as usual.
+pub fn with_deadline<F>(name: &str, limit: std::time::Duration, body: F)
+where
+    F: FnOnce(&Probe) + Send + 'static,
+{
+    let probe = std::sync::Arc::new(Probe::default());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let p = probe.clone();
+    let worker = std::thread::Builder::new()
+        .name(format!("test-{name}"))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&p)));
+            let _ = done_tx.send(r);
+        })
+        .expect("spawning the test body thread");
+    match done_rx.recv_timeout(limit) {
+        Ok(Ok(())) => {
+            let _ = worker.join();
+        }
+        Ok(Err(panic)) => {
+            let _ = worker.join();
+            std::panic::resume_unwind(panic);
+        }
+        Err(_) => panic!(
+            "{name}: the whole test did not finish within {limit:?}\n{}\n--- thread stacks ---\n{}",
+            probe.report(),
+            thread_stacks()
+        ),
+    }
+}

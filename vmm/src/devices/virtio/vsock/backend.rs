@@ -80,6 +80,16 @@ impl VsockHandle {
         result
     }
 
+    /// A description of the device's state (virtqueue indices, interrupt status, every
+    /// connection's credit counters and buffers), taken on the event loop thread: for reports
+    /// when a transfer stalls. `None` when the event loop does not answer within `timeout` (or
+    /// the device is gone), which is itself a finding.
+    pub async fn describe(&self, timeout: Duration) -> Option<String> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.send(Command::Dump(reply)).ok()?;
+        tokio::time::timeout(timeout, answer).await.ok()?.ok()
+    }
+
     /// Accept guest-initiated connections to (host CID 2, `port`).
     pub fn listen(&self, port: u32) -> Result<VsockListener, VsockError> {
         if self.shared.inbox().closed {

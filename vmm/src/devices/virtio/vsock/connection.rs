@@ -289,6 +289,46 @@ impl Connection {
         }
     }
 
+    /// The connection's state and counters, for a stall report.
+    pub fn describe(&self) -> String {
+        let state = match &self.state {
+            ConnState::LocalInit { .. } => "connecting",
+            ConnState::Established => "established",
+            ConnState::Closing { .. } => "closing",
+        };
+        let data = self.shared.lock();
+        format!(
+            "{:?} {state} pending {:#x} in_rx_list {} | to guest: queued {} tx_cnt {} \
+             peer_fwd_cnt {} peer_buf_alloc {} peer_free {} credit_requested {} | to host: \
+             queued {} rx_cnt {} fwd_cnt {} fwd_cnt_sent {} free {} update_due {} | \
+             peer_done_sending {} peer_done_receiving {} closed {} host_shut_write {} \
+             host_dropped {} kick_queued {} read_waker {} write_waker {}",
+            self.key,
+            self.pending,
+            self.in_rx_list,
+            data.to_guest.len(),
+            self.tx_cnt,
+            self.peer_fwd_cnt,
+            self.peer_buf_alloc,
+            self.peer_free(),
+            self.credit_requested,
+            data.to_host.len(),
+            data.rx_cnt,
+            data.fwd_cnt,
+            data.fwd_cnt_sent,
+            data.actual_free(),
+            data.credit_update_due(),
+            data.peer_done_sending,
+            data.peer_done_receiving,
+            data.closed,
+            data.host_shut_write,
+            data.host_dropped,
+            data.kick_queued,
+            data.read_waker.is_some(),
+            data.write_waker.is_some(),
+        )
+    }
+
     /// Whether there is anything to put into the RX queue for this connection.
     pub fn wants_rx(&self) -> bool {
         if self.pending != 0 {

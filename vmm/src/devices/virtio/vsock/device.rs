@@ -170,7 +170,8 @@ impl Vsock {
         });
         tracing::debug!(cid = self.guest_cid, "vsock: activated");
         // Anything the host asked for before the driver came up, and anything the guest queued.
-        self.muxer.process_commands();
+        let dumps = self.muxer.process_commands();
+        self.answer_dumps(dumps);
         self.run_tx();
     }
 
@@ -182,6 +183,44 @@ impl Vsock {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "vsock: cannot (re)arm the shutdown timer");
+        }
+    }
+
+    /// The device's state for a stall report: queue indices, interrupt status, connections.
+    pub fn describe(&self) -> String {
+        use std::sync::atomic::Ordering;
+        use virtio_queue::QueueT;
+        let mut out = format!("vsock cid {}: ", self.guest_cid);
+        match &self.active {
+            None => out.push_str("not active\n"),
+            Some(active) => {
+                out.push_str(&format!("irq status {:#x}\n", active.irq.status()));
+                for (name, q) in [("rx", RX_QUEUE), ("tx", TX_QUEUE)] {
+                    let queue = &active.queues[q];
+                    let avail = queue.avail_idx(&active.mem, Ordering::Acquire);
+                    let used = queue.used_idx(&active.mem, Ordering::Acquire);
+                    out.push_str(&format!(
+                        "{name} queue: avail_idx {:?} next_avail {} used_idx {:?} next_used {}\n",
+                        avail.map(|w| w.0),
+                        queue.next_avail(),
+                        used.map(|w| w.0),
+                        queue.next_used(),
+                    ));
+                }
+            }
+        }
+        out.push_str(&self.muxer.describe());
+        out
+    }
+
+    fn answer_dumps(&self, dumps: Vec<tokio::sync::oneshot::Sender<String>>) {
+        if dumps.is_empty() {
+            return;
+        }
+        let text = self.describe();
+        for reply in dumps {
+            // The caller may have given up waiting.
+            let _ = reply.send(text.clone());
         }
     }
 
@@ -298,8 +337,13 @@ impl MutEventSubscriber for Vsock {
             TOKEN_BACKEND => {
                 Self::drain(&self.backend.evt, "backend");
                 if self.active.is_some() {
-                    self.muxer.process_commands();
+                    let dumps = self.muxer.process_commands();
+                    self.answer_dumps(dumps);
                     self.run_rx();
+                } else {
+                    // Other commands wait for the driver; a state report cannot.
+                    let dumps = self.backend.take_dump_requests();
+                    self.answer_dumps(dumps);
                 }
             }
             token => {

@@ -15,6 +15,7 @@ use super::packet::{ChainBuffer, ChainDir, HOST_CID, Op, PacketHeader, TYPE_STRE
 use super::rx_queue::RxSink;
 use super::shared::{BackendShared, Command, ConnKey, ConnShared};
 use super::{VsockError, VsockStream};
+use tokio::sync::oneshot;
 
 /// Upper bound on simultaneous connections (each may buffer up to
 /// `HOST_BUF_ALLOC + HOST_TX_BUF` bytes).
@@ -212,11 +213,14 @@ impl Muxer {
         self.schedule(key);
     }
 
-    /// Handle everything the tokio side queued.
-    pub fn process_commands(&mut self) {
+    /// Handle everything the tokio side queued. Dump requests are returned to the caller, which
+    /// adds what only it knows (the queues) before answering.
+    pub fn process_commands(&mut self) -> Vec<oneshot::Sender<String>> {
         let commands = std::mem::take(&mut self.backend.inbox().commands);
+        let mut dumps = Vec::new();
         for cmd in commands {
             match cmd {
+                Command::Dump(reply) => dumps.push(reply),
                 Command::Connect { port, reply } => self.connect(port, reply),
                 Command::ConnectAbandoned => {
                     let abandoned: Vec<ConnKey> = self
@@ -245,6 +249,22 @@ impl Muxer {
             }
         }
         self.wake_all();
+        dumps
+    }
+
+    /// One line per connection (state, credit counters, buffered bytes) plus the RX work list.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "connections {} rx_list {:?} orphan_rsts {}\n",
+            self.conns.len(),
+            self.rx_list,
+            self.orphan_rsts.len()
+        );
+        for conn in self.conns.values() {
+            out.push_str(&conn.describe());
+            out.push('\n');
+        }
+        out
     }
 
     fn connect(&mut self, port: u32, reply: ConnectReply) {

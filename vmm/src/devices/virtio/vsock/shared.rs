@@ -38,6 +38,8 @@ pub enum Command {
     ConnectAbandoned,
     /// The stream side of a connection changed (data written, data read, shutdown, dropped).
     Kick(ConnKey, Arc<ConnShared>),
+    /// Describe the device's state (queues, connections, credit) for a stall report.
+    Dump(oneshot::Sender<String>),
 }
 
 /// What both sides know about one connection.
@@ -199,6 +201,23 @@ impl BackendShared {
         }
         self.notify();
         Ok(())
+    }
+
+    /// Remove and return the queued state-report requests (answered even while the driver is
+    /// not up; the other commands wait for it).
+    pub fn take_dump_requests(&self) -> Vec<oneshot::Sender<String>> {
+        let mut inbox = self.inbox();
+        let (dumps, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut inbox.commands)
+            .into_iter()
+            .partition(|c| matches!(c, Command::Dump(_)));
+        inbox.commands = rest;
+        dumps
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Dump(reply) => Some(reply),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Wake the event loop.
