@@ -1,492 +1,67 @@
 //! The job runner end to end: corpus jobs (`tests/jobs/e2e/`) through the embedded queue and the
 //! worker, cloning a real repository served by `git http-backend` over smart HTTP through the
-//! per-job proxy, steps run by a local agent with the workspace at `/work`; each test checks the
-//! job's final state and its exact log entries (timings, ports and paths normalised; git's
-//! progress output checked by its lines that do not vary).
+//! per-job proxy, steps run in process sandboxes (or the local agent) with the workspace at
+//! `/work`; each test checks the job's final state and its exact log entries (timings, ports and
+//! paths normalised; git's progress output checked by its lines that do not vary). The cases are
+//! in `tests/job_common/cases.rs`; tests/vm_job.rs runs the same ones in microVMs.
 //!
-//! Needs root (the local agent runs in a private mount namespace) and `git` with
-//! `git http-backend`.
+//! Needs root (process sandboxes: namespaces and cgroups) and `git` with `git http-backend`.
 
 mod job_common;
 
-use hearth::queue::store::JobState;
-use job_common::expect::*;
-use job_common::git_server::REPO;
-use job_common::*;
-use std::time::{Duration, Instant};
-
-const MINUTE: Duration = Duration::from_secs(60);
+use job_common::{E2e, cases};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_steps_full_clone() {
-    let h = E2e::start().await;
-    let id = h.submit("docker-steps.json");
-    let sum = h.work(1, 1, MINUTE).await;
-    assert_eq!(sum.completed, 1, "{:?}", h.record(id));
-    assert_eq!(h.record(id).state, JobState::Completed);
-    let logs = h.normalized_logs(id);
-    assert_eq!(logs[0], workspace_entry());
-    let rest = check_git(&logs[1..], "repository", &h.git.head, &[], &[]);
-    let (s0, s1) = (script(id, 0, &h.git.head), script(id, 1, &h.git.head));
-    let mut expected = vec![
-        extras(&[
-            &format!(".sourcegraph-executor/{s0}"),
-            &format!(".sourcegraph-executor/{s1}"),
-        ]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.hello",
-            &s0,
-            0,
-            "alpine:3",
-            &["hello world", "hello again", "/work/repository"],
-            &["+ echo 'hello world'", "+ cat README.md", "+ pwd"],
-        ),
-        step(
-            "step.docker.1",
-            &s1,
-            0,
-            "busybox",
-            &["second commit", "first commit"],
-            &["+ git log --format=%s", "+ echo to-stderr", "to-stderr"],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    assert_entries(rest, &expected);
-    assert_proxy_auth(&h, id);
-    h.assert_clean();
+    cases::docker_steps_full_clone(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_step_legacy_path_with_tags() {
-    let h = E2e::start().await;
-    let id = h.submit("cli-step.json");
-    h.work(1, 1, MINUTE).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
-    let logs = h.normalized_logs(id);
-    assert_eq!(logs[0], workspace_entry());
-    let rest = check_git(&logs[1..], "repository", &h.git.head, &["--tags"], &[]);
-    let s0 = script(id, 0, &h.git.head);
-    let mut expected = vec![
-        extras(&[
-            "bin/src",
-            "input.json",
-            &format!(".sourcegraph-executor/{s0}"),
-        ]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.tags",
-            &s0,
-            0,
-            "alpine:3",
-            &["v1"],
-            &["+ git tag"],
-        ),
-        Entry {
-            key: "step.src.batch-exec".into(),
-            command: s(&[
-                "src",
-                "batch",
-                "exec",
-                "-f",
-                "input.json",
-                "-repo",
-                "repository",
-            ]),
-            exit_code: Some(0),
-            out: "stdout: src batch exec -f input.json -repo repository\n\
-                  stdout: cwd /work/repository\n"
-                .into(),
-        },
-    ];
-    expected.extend(teardown_entries());
-    assert_entries(rest, &expected);
-    h.assert_clean();
+    cases::cli_step_legacy_path_with_tags(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shallow_clone_of_an_older_commit() {
-    let h = E2e::start().await;
-    let id = h.submit("shallow.json");
-    h.work(1, 1, MINUTE).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
-    let logs = h.normalized_logs(id);
-    let rest = check_git(
-        &logs[1..],
-        "",
-        &h.git.first,
-        &["--no-tags", "--depth=1"],
-        &[],
-    );
-    let s0 = script(id, 0, &h.git.first);
-    let mut expected = vec![
-        extras(&[&format!(".sourcegraph-executor/{s0}")]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.inspect",
-            &s0,
-            0,
-            "alpine:3",
-            &["1", "true", "hello", REPO],
-            &[
-                "+ git rev-list --count HEAD",
-                "+ git rev-parse --is-shallow-repository",
-                "+ git tag",
-                "+ cat README.md",
-                "+ git remote get-url origin",
-            ],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    assert_entries(rest, &expected);
-    h.assert_clean();
+    cases::shallow_clone_of_an_older_commit(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparse_checkout_fetches_only_the_patterns() {
-    let h = E2e::start().await;
-    let id = h.submit("sparse.json");
-    h.work(1, 1, MINUTE).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
-    let logs = h.normalized_logs(id);
-    let rest = check_git(
-        &logs[1..],
-        "repository",
-        &h.git.head,
-        &["--no-tags", "--depth=1", "--filter=blob:none"],
-        &["services/api/*"],
-    );
-    let s0 = script(id, 0, &h.git.head);
-    let mut expected = vec![
-        extras(&[&format!(".sourcegraph-executor/{s0}")]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.step.0.run",
-            &s0,
-            0,
-            "alpine:3",
-            &[".git", "services", "api", "handler.go", "main.go"],
-            &["+ ls -A", "+ ls services", "+ ls services/api"],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    assert_entries(rest, &expected);
-    assert_proxy_auth(&h, id);
-    h.assert_clean();
+    cases::sparse_checkout_fetches_only_the_patterns(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_written_with_mode_and_mtime() {
-    let h = E2e::start().await;
-    let id = h.submit("files.json");
-    h.work(1, 1, MINUTE).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
-    let logs = h.normalized_logs(id);
-    let s0 = script(id, 0, "");
-    let mut expected = vec![
-        workspace_entry(),
-        extras(&[
-            "input.json",
-            "nested/dir/data.bin",
-            "stamped.txt",
-            &format!(".sourcegraph-executor/{s0}"),
-        ]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.show",
-            &s0,
-            0,
-            "alpine:3",
-            &[
-                "{\"steps\":[]}",
-                " 00 01 02 ff fe",
-                "777 1709287200 stamped.txt",
-                "777 0 nested/dir/data.bin",
-                &s0,
-            ],
-            &[
-                "+ cat input.json",
-                "+ echo",
-                "+ od -An -tx1 nested/dir/data.bin",
-                "+ stat -c '%a %Y %n' stamped.txt nested/dir/data.bin",
-                "+ ls -A .sourcegraph-executor",
-            ],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    // data.bin's mtime is "now": only its mode is compared.
-    let mut logs = logs;
-    let show = &mut logs[3];
-    show.out = show
-        .out
-        .lines()
-        .map(|l| match l.strip_suffix(" nested/dir/data.bin") {
-            Some(p) if l.starts_with("stdout: 777 ") => {
-                let _ = p;
-                "stdout: 777 0 nested/dir/data.bin\n".to_string()
-            }
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    assert_entries(&logs, &expected);
-    h.assert_clean();
+    cases::files_are_written_with_mode_and_mtime(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_store_reference_is_fetched_from_the_frontend() {
-    // The embedded queue has no file store: the fetch fails with the frontend's status, before
-    // any sandbox is started.
-    let h = E2e::start().await;
-    let id = h.submit("files-store.json");
-    h.work(1, 1, MINUTE).await;
-    let rec = h.record(id);
-    assert_eq!(rec.state, JobState::Failed);
-    assert_eq!(
-        rec.failure_message.as_deref(),
-        Some(
-            "creating workspace: failed to get workspace files: fetching \
-             batch-changes/spec123/file456: unexpected status code 404"
-        )
-    );
-    let mut expected = vec![workspace_entry()];
-    expected.push(teardown_entries().remove(1));
-    assert_entries(&h.normalized_logs(id), &expected);
-    h.assert_clean();
+    cases::files_store_reference_is_fetched_from_the_frontend(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redacted_values_never_leave_the_process() {
-    let h = E2e::start().await;
-    let id = h.submit("redaction.json");
-    h.work(1, 1, MINUTE).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
-    let raw = h.logs(id);
-    let all = serde_json::to_string(&raw).unwrap();
-    assert!(!all.contains("pa55word-xyz"), "{all}");
-    assert!(!all.contains(&h.config.frontend_password), "{all}");
-    let logs = h.normalized_logs(id);
-    let s0 = script(id, 0, "");
-    let mut expected = vec![
-        workspace_entry(),
-        extras(&[&format!(".sourcegraph-executor/{s0}")]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.leaky",
-            &s0,
-            0,
-            "busybox",
-            &["the secret is [REDACTED]", "executor token SECRET_REMOVED"],
-            &[
-                "+ echo the secret is [REDACTED]",
-                "+ echo to stderr [REDACTED]",
-                "to stderr [REDACTED]",
-                "+ echo 'executor token SECRET_REMOVED'",
-            ],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    assert_entries(&logs, &expected);
-    h.assert_clean();
+    cases::redacted_values_never_leave_the_process(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_step_stops_the_job_and_marks_it_errored() {
-    let h = E2e::start().await;
-    let id = h.submit("failing-step.json");
-    let sum = h.work(1, 1, MINUTE).await;
-    assert_eq!((sum.completed, sum.errored), (0, 1));
-    let rec = h.record(id);
-    // markErrored with MaxNumRetries 0 is terminal: `failed`.
-    assert_eq!(rec.state, JobState::Failed);
-    assert_eq!(
-        rec.failure_message.as_deref(),
-        Some("running command \"step.docker.fails\": command failed with exit code 3")
-    );
-    let (s0, s1) = (script(id, 0, ""), script(id, 1, ""));
-    let mut expected = vec![
-        workspace_entry(),
-        extras(&[
-            &format!(".sourcegraph-executor/{s0}"),
-            &format!(".sourcegraph-executor/{s1}"),
-        ]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.fails",
-            &s0,
-            3,
-            "alpine:3",
-            &["before"],
-            &["+ echo before", "+ exit 3"],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    assert_entries(&h.normalized_logs(id), &expected);
-    h.assert_clean();
-}
-
-fn slow_expected(h: &E2e, id: i64) -> Vec<Entry> {
-    let (s0, s1) = (script(id, 0, ""), script(id, 1, ""));
-    let mut expected = vec![
-        workspace_entry(),
-        extras(&[
-            &format!(".sourcegraph-executor/{s0}"),
-            &format!(".sourcegraph-executor/{s1}"),
-        ]),
-        h.sandbox_start_entry(),
-        step(
-            "step.docker.slow",
-            &s0,
-            -1,
-            "alpine:3",
-            &["started"],
-            &["+ echo started", "+ sleep 60"],
-        ),
-    ];
-    expected.extend(teardown_entries());
-    expected
+    cases::failing_step_stops_the_job_and_marks_it_errored(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_limit_kills_the_step_and_errors_the_job() {
-    let h = E2e::start().await;
-    let id = h.submit("slow.json");
-    let started = Instant::now();
-    let sum = h.work(1, 1, Duration::from_secs(3)).await;
-    let took = started.elapsed();
-    assert_eq!(sum.errored, 1);
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    let rec = h.record(id);
-    assert_eq!(rec.state, JobState::Failed);
-    assert_eq!(
-        rec.failure_message.as_deref(),
-        Some(
-            "job exceeded maximum execution time of 3s: running command \"step.docker.slow\": \
-             context deadline exceeded"
-        )
-    );
-    assert_entries(&h.normalized_logs(id), &slow_expected(&h, id));
-    h.assert_clean();
+    cases::runtime_limit_kills_the_step_and_errors_the_job(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_is_acted_on_within_a_second_of_the_heartbeat() {
-    let h = E2e::start().await;
-    let id = h.submit("slow.json");
-    let worker = h.work(1, 1, MINUTE);
-    let watcher = async {
-        let deadline = Instant::now() + MINUTE;
-        while !h.logs(id).iter().any(|e| e.out.contains("stdout: started")) {
-            assert!(Instant::now() < deadline, "the step never started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let canceled_at = Instant::now();
-        let canceled_wall = time::OffsetDateTime::now_utc();
-        h.queue.store.cancel(id).unwrap();
-        (canceled_at, canceled_wall)
-    };
-    let (sum, (canceled_at, canceled_wall)) = tokio::join!(worker, watcher);
-    let took = canceled_at.elapsed();
-    assert_eq!(sum.failed, 1);
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    let rec = h.record(id);
-    assert_eq!(rec.state, JobState::Canceled);
-    assert_eq!(
-        rec.failure_message.as_deref(),
-        Some("running command \"step.docker.slow\": context canceled")
-    );
-    let logs = h.normalized_logs(id);
-    assert_entries(&logs, &slow_expected(&h, id));
-    // The step's entry ended (its process group killed, exit -1) within the heartbeat interval
-    // (200 ms: the cancel reaches the worker with the next heartbeat answer) plus 1 s.
-    let step = &h.logs(id)[3];
-    let started = time::OffsetDateTime::parse(
-        &step.start_time,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
-    let ended = started + time::Duration::milliseconds(step.duration_ms.unwrap());
-    let after_cancel = ended - canceled_wall;
-    assert!(
-        after_cancel < time::Duration::milliseconds(1200),
-        "the step ended {after_cancel} after the cancel"
-    );
-    h.assert_clean();
+    cases::cancel_is_acted_on_within_a_second_of_the_heartbeat(&E2e::start().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_clone_kills_git_and_skips_the_sandbox() {
-    use job_common::git_server::SLOW_REPO;
-    let h = E2e::start().await;
-    let id = h.submit("slow-clone.json");
-    let worker = h.work(1, 1, MINUTE);
-    let watcher = async {
-        let deadline = Instant::now() + MINUTE;
-        while !h.logs(id).iter().any(|e| e.key == "setup.git.fetch") {
-            assert!(Instant::now() < deadline, "the fetch never started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            !processes_mentioning(SLOW_REPO).is_empty(),
-            "git should be fetching"
-        );
-        let canceled_at = Instant::now();
-        h.queue.store.cancel(id).unwrap();
-        canceled_at
-    };
-    let (sum, canceled_at) = tokio::join!(worker, watcher);
-    let took = canceled_at.elapsed();
-    assert_eq!(sum.failed, 1);
-    assert!(took < Duration::from_secs(3), "took {took:?}");
-    let rec = h.record(id);
-    assert_eq!(rec.state, JobState::Canceled);
-    assert_eq!(
-        rec.failure_message.as_deref(),
-        Some("creating workspace: failed setup.git.fetch: context canceled")
-    );
-    let logs = h.normalized_logs(id);
-    let keys: Vec<&str> = logs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "setup.fs.workspace",
-            "setup.git.init",
-            "setup.git.add-remote",
-            "setup.git.disable-gc",
-            "setup.git.fetch",
-            "teardown.fs"
-        ]
-    );
-    assert_eq!(logs[4].exit_code, Some(-1));
-    assert_eq!(
-        processes_mentioning(SLOW_REPO),
-        Vec::<String>::new(),
-        "git processes left behind"
-    );
-    h.assert_clean();
+    cases::cancel_during_clone_kills_git_and_skips_the_sandbox(&E2e::start().await).await;
 }

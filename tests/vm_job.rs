@@ -1,114 +1,57 @@
-//! The job runner with VM isolation: jobs from the embedded queue run in microVMs booted by
-//! `sandbox::vm`, the workspace handed over as an ext4 disk at `/work` sized by the disk-space
-//! setting. Jobs without a repository (the outer machine of the VM harness has no git). Needs
-//! /dev/kvm with hardware virtualization and the guest artifacts: run through
-//! harness/run-vm-tests.sh (never skips: panics with the reason when something is missing).
+//! The job runner with VM isolation: the job corpus cases of tests/job_e2e.rs
+//! (`tests/job_common/cases.rs`: clones over smart HTTP from `git http-backend`, shallow, sparse,
+//! files, cli steps, redaction, a failing step, the runtime limit, cancels), each job in a
+//! microVM booted by `sandbox::vm` with the workspace handed over as an ext4 disk at `/work`
+//! sized by the disk-space setting; plus a check of that disk. One case at a time, each under a
+//! whole-case deadline (diagnostics, then abort). Needs /dev/kvm with hardware virtualization,
+//! the guest artifacts, and git + `git http-backend` in the machine running the test: run
+//! through harness/run-vm-tests.sh (never skips: panics with the reason when something is
+//! missing).
 
-use hearth::config::{Config, ConfigFlags};
-use hearth::job::logs::SinkOptions;
-use hearth::job::runner::{JobRunner, RunnerOptions};
-use hearth::queue::embedded;
-use hearth::queue::store::{JobState, StoreOptions};
-use hearth::queue::types::Job;
-use hearth::queue::worker::{self, WorkerOptions};
-use hearth::sandbox::artifacts::GuestArtifacts;
-use hearth::sandbox::vm::VmIsolation;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+mod job_common;
 
-const DISK_MIB: u64 = 128;
+use hearth::queue::store::JobState;
+use job_common::expect::extras;
+use job_common::{E2e, cases, vm};
 
-fn artifacts() -> GuestArtifacts {
-    let var = |name: &str| {
-        let p = std::env::var_os(name).unwrap_or_else(|| {
-            panic!("{name} is not set: run through harness/run-vm-tests.sh (or eval \"$(harness/artifacts.sh)\")")
-        });
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "{name}={} does not exist", p.display());
-        p
-    };
-    let a = GuestArtifacts {
-        kernel: var("HEARTH_KERNEL"),
-        rootfs: var("HEARTH_ROOTFS"),
-    };
-    if let Err(e) = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!(
-            "this test needs /dev/kvm with hardware virtualization (use harness/run-vm-tests.sh): {e}"
-        );
-    }
-    a
+macro_rules! vm_cases {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            vm::run_case(stringify!($name), |h| Box::pin(cases::$name(h)));
+        }
+    )*};
 }
 
-fn job(json: &str) -> Job {
-    serde_json::from_str(json).unwrap()
+vm_cases!(
+    docker_steps_full_clone,
+    cli_step_legacy_path_with_tags,
+    shallow_clone_of_an_older_commit,
+    sparse_checkout_fetches_only_the_patterns,
+    files_are_written_with_mode_and_mtime,
+    files_store_reference_is_fetched_from_the_frontend,
+    redacted_values_never_leave_the_process,
+    failing_step_stops_the_job_and_marks_it_errored,
+    runtime_limit_kills_the_step_and_errors_the_job,
+    cancel_is_acted_on_within_a_second_of_the_heartbeat,
+    cancel_during_clone_kills_git_and_skips_the_sandbox,
+);
+
+/// The workspace disk: an ext4 file system of the disk-space size, mounted at `/work`.
+#[test]
+fn workspace_disk_is_sized_by_the_disk_space_setting() {
+    vm::run_case("workspace_disk_is_sized_by_the_disk_space_setting", |h| {
+        Box::pin(workspace_disk(h))
+    });
 }
 
-fn stdout(out: &str) -> Vec<&str> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("stdout: "))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_in_vms_with_the_workspace_disk() {
-    let artifacts = artifacts();
-    let dir = tempfile::tempdir().unwrap();
-    let flags = ConfigFlags {
-        db: Some(dir.path().join("queue.sqlite")),
-        ..Default::default()
-    };
-    let config = Config::load(&|_| None, &flags).unwrap();
-    let q = embedded::serve(&config, "127.0.0.1:0", StoreOptions::default())
-        .await
-        .unwrap();
-    let disk = q
-        .store
-        .submit("batches", &job(include_str!("jobs/e2e/vm-disk.json")))
-        .unwrap();
-    let failing = q
-        .store
-        .submit("batches", &job(include_str!("jobs/e2e/failing-step.json")))
-        .unwrap();
-    let workspace_root = dir.path().join("workspaces");
-    let runner = JobRunner::new(
-        Arc::new(VmIsolation::new(artifacts)),
-        RunnerOptions {
-            workspace_root: workspace_root.clone(),
-            cpus: 1,
-            memory_mib: 256,
-            disk_mib: DISK_MIB,
-            git_upstream: None,
-            network: false,
-            ready_timeout: Duration::from_secs(240),
-            keep_workspaces: false,
-            sandbox_prefix: "executor".into(),
-            log: SinkOptions::default(),
-            flush_timeout: Duration::from_secs(30),
-        },
-        None,
-    );
-    let client = q.client(&config, None).unwrap();
-    client.ping().await.unwrap();
-    let opts = WorkerOptions {
-        max_jobs: 1,
-        poll_interval: Duration::from_millis(50),
-        heartbeat_interval: Duration::from_secs(1),
-        max_runtime_per_job: Duration::from_secs(600),
-        teardown_grace: Duration::from_secs(60),
-        num_total_jobs: 2,
-        max_active_time: Duration::ZERO,
-    };
-    let sum = worker::run(client, Arc::new(runner), opts, None, std::future::pending()).await;
-    assert_eq!((sum.completed, sum.errored), (1, 1), "{sum:?}");
-
-    let rec = q.store.get(disk).unwrap().unwrap();
-    assert_eq!(rec.state, JobState::Completed, "{rec:?}");
-    let logs = q.store.logs(disk).unwrap();
+async fn workspace_disk(h: &E2e) {
+    let id = h.submit("vm-disk.json");
+    let sum = h.work(1, 1, h.timing().job_limit).await;
+    assert_eq!(sum.completed, 1, "{:?}", h.record(id));
+    assert_eq!(h.record(id).state, JobState::Completed);
+    let logs = h.normalized_logs(id);
+    let script = job_common::expect::script(id, 0, "");
     let keys: Vec<&str> = logs.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -122,50 +65,30 @@ async fn jobs_run_in_vms_with_the_workspace_disk() {
         ],
         "{logs:#?}"
     );
-    assert!(logs.iter().all(|e| e.exit_code == Some(0)), "{logs:#?}");
-    assert!(
-        logs[2].out.starts_with("Starting vm sandbox executor-"),
-        "{}",
-        logs[2].out
-    );
-    let out = stdout(&logs[3].out);
-    assert_eq!(out.len(), 4, "{}", logs[3].out);
+    // Everything but the step (checked below) is exact.
+    let mut expected = vec![
+        h.workspace_entry(),
+        extras(&["input.json", &format!(".sourcegraph-executor/{script}")]),
+        h.sandbox_start_entry(),
+        logs[3].clone(),
+    ];
+    expected.extend(h.teardown_entries());
+    assert_eq!(logs, expected);
+    let step = &logs[3];
+    assert_eq!(step.exit_code, Some(0), "{step:#?}");
+    let out = step.stdout();
+    assert_eq!(out.len(), 4, "{step:#?}");
     assert_eq!(out[..2], ["{\"steps\":[]}", "/work"]);
     assert_eq!(out[3], "hi from the vm");
+    let disk_mib = h.setup.disk_mib;
     let blocks: u64 = out[2]
         .strip_prefix("blocks ")
         .and_then(|b| b.parse().ok())
         .unwrap_or_else(|| panic!("df output {:?}", out[2]));
-    // An ext4 file system on a DISK_MIB disk (minus its metadata).
+    // An ext4 file system on a disk_mib disk (minus its metadata).
     assert!(
-        blocks > DISK_MIB * 1024 * 7 / 10 && blocks <= DISK_MIB * 1024,
-        "{blocks} KiB for a {DISK_MIB} MiB disk"
+        blocks > disk_mib * 1024 * 7 / 10 && blocks <= disk_mib * 1024,
+        "{blocks} KiB for a {disk_mib} MiB disk"
     );
-    eprintln!(
-        "VM job entries: {:#?}",
-        logs.iter()
-            .map(|e| (&e.key, e.duration_ms))
-            .collect::<Vec<_>>()
-    );
-
-    let rec = q.store.get(failing).unwrap().unwrap();
-    assert_eq!(rec.state, JobState::Failed);
-    assert_eq!(
-        rec.failure_message.as_deref(),
-        Some("running command \"step.docker.fails\": command failed with exit code 3")
-    );
-    let logs = q.store.logs(failing).unwrap();
-    let step = logs.iter().find(|e| e.key == "step.docker.fails").unwrap();
-    assert_eq!(
-        (stdout(&step.out), step.exit_code),
-        (vec!["before"], Some(3))
-    );
-    assert!(!logs.iter().any(|e| e.key == "step.docker.never"));
-
-    assert_eq!(
-        std::fs::read_dir(&workspace_root).unwrap().count(),
-        0,
-        "workspaces left behind"
-    );
-    q.server.shutdown().await;
+    h.assert_clean();
 }

@@ -1,11 +1,14 @@
 //! End-to-end harness for the job runner: the embedded queue (`queue::embedded::serve`), a git
-//! repository over smart HTTP, the runner with a local-agent isolation, the Job JSON corpus under
-//! `tests/jobs/e2e/`, and log normalisation for exact comparisons.
+//! repository over smart HTTP, the runner with a process (or local-agent) isolation or VM
+//! isolation, the Job JSON corpus under `tests/jobs/e2e/`, log normalisation for exact
+//! comparisons, and the corpus cases themselves ([`cases`]), which run unchanged in every mode.
 #![allow(dead_code)]
 
+pub mod cases;
 pub mod expect;
 pub mod git_server;
 pub mod local_agent;
+pub mod vm;
 
 use git_server::GitServer;
 use hearth::config::{Config, ConfigFlags};
@@ -16,8 +19,8 @@ use hearth::queue::embedded::{self, EmbeddedQueue};
 use hearth::queue::store::{JobRecord, StoreOptions};
 use hearth::queue::types::{ExecutionLogEntry, Job};
 use hearth::queue::worker::{self, WorkerOptions, WorkerSummary};
-use hearth::sandbox::Isolation;
 use hearth::sandbox::process::{ProcessIsolation, ProcessOptions};
+use hearth::sandbox::{Isolation, IsolationKind};
 use local_agent::LocalAgent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,42 +32,91 @@ pub struct E2e {
     pub queue: EmbeddedQueue,
     pub git: GitServer,
     pub workspace_root: PathBuf,
-    /// Agent sockets and per-sandbox state (the isolation's runtime directory).
+    /// Agent sockets and per-sandbox state (the process isolation's runtime directory).
     pub sock_dir: PathBuf,
+    pub setup: Setup,
+}
+
+/// How sandboxes are made in a run, and what the expectations depend on.
+pub struct Setup {
     pub isolation: Arc<dyn Isolation>,
     /// What the isolation logs under `setup.sandbox.start` after `Ready in …` (normalised).
     pub start_detail: String,
+    pub memory_mib: u64,
+    /// The workspace disk size (`EXECUTOR_FIRECRACKER_DISK_SPACE`).
+    pub disk_mib: u64,
+    pub ready_timeout: Duration,
+    pub timing: Timing,
+}
+
+/// Time limits of the cases; a VM boots (and under the emulated-SVM harness everything runs
+/// slower), so VM runs get larger ones.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// `EXECUTOR_MAXIMUM_RUNTIME_PER_JOB` for jobs that should finish.
+    pub job_limit: Duration,
+    /// The runtime limit of the timeout case (longer than a sandbox start, shorter than its
+    /// step), and how the worker spells it (Go's duration format).
+    pub runtime_limit: Duration,
+    pub runtime_limit_text: &'static str,
+    /// A timed-out or cancelled job ends within this of its limit or cancel.
+    pub stop_within: Duration,
+    /// A cancelled step's log entry ends within this of the cancel (heartbeat interval + 1 s).
+    pub step_cancel_within: Duration,
+    /// A cancelled clone ends within this of the cancel.
+    pub clone_cancel_within: Duration,
+}
+
+impl Timing {
+    pub fn process() -> Timing {
+        Timing {
+            job_limit: Duration::from_secs(60),
+            runtime_limit: Duration::from_secs(3),
+            runtime_limit_text: "3s",
+            stop_within: Duration::from_secs(10),
+            step_cancel_within: Duration::from_millis(1200),
+            clone_cancel_within: Duration::from_secs(3),
+        }
+    }
 }
 
 /// `sandbox::process` (namespaces + cgroups, as root), or with `HEARTH_E2E_ISOLATION=local` the
 /// test-only local agent (a plain host process in a private mount namespace).
-fn isolation(sock_dir: &Path) -> (Arc<dyn Isolation>, String) {
-    if std::env::var("HEARTH_E2E_ISOLATION").is_ok_and(|v| v == "local") {
-        return (
-            Arc::new(LocalAgent::new(sock_dir.to_path_buf())),
-            String::new(),
-        );
+fn process_setup(sock_dir: &Path) -> Setup {
+    let (isolation, start_detail): (Arc<dyn Isolation>, String) =
+        if std::env::var("HEARTH_E2E_ISOLATION").is_ok_and(|v| v == "local") {
+            (
+                Arc::new(LocalAgent::new(sock_dir.to_path_buf())),
+                String::new(),
+            )
+        } else {
+            // SAFETY: geteuid has no preconditions.
+            assert_eq!(
+                unsafe { libc::geteuid() },
+                0,
+                "the job e2e tests need root (process sandboxes: namespaces and cgroups)"
+            );
+            let iso = ProcessIsolation::new(ProcessOptions {
+                agent_program: PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
+                runtime_dir: sock_dir.to_path_buf(),
+                ..ProcessOptions::default()
+            })
+            .expect("process isolation unavailable on this host");
+            let detail = format!(
+                "process sandbox $SANDBOX, cgroup {}\n{}\n",
+                iso.cgroup_version(),
+                IsolationKind::Process.weakness_notice().unwrap_or_default()
+            );
+            (Arc::new(iso), detail)
+        };
+    Setup {
+        isolation,
+        start_detail,
+        memory_mib: 512,
+        disk_mib: 1024,
+        ready_timeout: Duration::from_secs(20),
+        timing: Timing::process(),
     }
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the job e2e tests need root (process sandboxes: namespaces and cgroups)"
-    );
-    let iso = ProcessIsolation::new(ProcessOptions {
-        agent_program: PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
-        runtime_dir: sock_dir.to_path_buf(),
-        ..ProcessOptions::default()
-    })
-    .expect("process isolation unavailable on this host");
-    let detail = format!(
-        "process sandbox $SANDBOX, cgroup {}\n{}\n",
-        iso.cgroup_version(),
-        hearth::sandbox::IsolationKind::Process
-            .weakness_notice()
-            .unwrap_or_default()
-    );
-    (Arc::new(iso), detail)
 }
 
 /// Runner options for tests: small sandboxes, fast log updates.
@@ -100,7 +152,13 @@ pub fn worker_options(jobs: u64, concurrency: usize, max_runtime: Duration) -> W
 }
 
 impl E2e {
+    /// Process sandboxes (see [`process_setup`]).
     pub async fn start() -> E2e {
+        E2e::start_with(process_setup).await
+    }
+
+    /// Sandboxes from `setup`, given the runtime directory for agent sockets.
+    pub async fn start_with(setup: impl FnOnce(&Path) -> Setup) -> E2e {
         let dir = tempfile::tempdir().unwrap();
         let flags = ConfigFlags {
             db: Some(dir.path().join("queue.sqlite")),
@@ -113,7 +171,7 @@ impl E2e {
         let git = GitServer::start(&dir.path().join("git")).await;
         let workspace_root = dir.path().join("workspaces");
         let sock_dir = dir.path().join("agents");
-        let (isolation, start_detail) = isolation(&sock_dir);
+        let setup = setup(&sock_dir);
         E2e {
             dir,
             config,
@@ -121,17 +179,24 @@ impl E2e {
             git,
             workspace_root,
             sock_dir,
-            isolation,
-            start_detail,
+            setup,
         }
     }
 
+    pub fn kind(&self) -> IsolationKind {
+        self.setup.isolation.kind()
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.setup.timing
+    }
+
     pub fn runner(&self) -> JobRunner {
-        JobRunner::new(
-            self.isolation.clone(),
-            runner_options(&self.workspace_root, &self.git.base),
-            None,
-        )
+        let mut opts = runner_options(&self.workspace_root, &self.git.base);
+        opts.memory_mib = self.setup.memory_mib;
+        opts.disk_mib = self.setup.disk_mib;
+        opts.ready_timeout = self.setup.ready_timeout;
+        JobRunner::new(self.setup.isolation.clone(), opts, None)
     }
 
     pub async fn client(&self) -> QueueClient {
@@ -153,11 +218,7 @@ impl E2e {
 
     /// A corpus job with `@REPO@`, `@HEAD@`, `@FIRST@`, `@SECRET@` filled in.
     pub fn load(&self, name: &str) -> Job {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/jobs/e2e")
-            .join(name);
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
+        let text = corpus(name)
             .replace("@REPO@", git_server::REPO)
             .replace("@HEAD@", &self.git.head)
             .replace("@FIRST@", &self.git.first)
@@ -199,19 +260,27 @@ impl E2e {
         self.queue.store.logs(id).unwrap()
     }
 
-    /// The job's entries with variable parts replaced (see [`normalize`]).
+    /// The job's entries with variable parts replaced (see [`normalize`]; a VM's boot phases
+    /// after `Ready in` become `$BOOT`).
     pub fn normalized_logs(&self, id: i64) -> Vec<Entry> {
+        let vm = self.kind() == IsolationKind::Vm;
         self.logs(id)
             .iter()
-            .map(|e| Entry {
-                key: e.key.clone(),
-                command: e
-                    .command
-                    .iter()
-                    .map(|c| normalize(c, &self.workspace_root))
-                    .collect(),
-                exit_code: e.exit_code,
-                out: normalize_out(&e.out, &self.workspace_root),
+            .map(|e| {
+                let mut out = normalize_out(&e.out, &self.workspace_root);
+                if vm && e.key == "setup.sandbox.start" {
+                    out = boot_detail_normalized(&out);
+                }
+                Entry {
+                    key: e.key.clone(),
+                    command: e
+                        .command
+                        .iter()
+                        .map(|c| normalize(c, &self.workspace_root))
+                        .collect(),
+                    exit_code: e.exit_code,
+                    out,
+                }
             })
             .collect()
     }
@@ -237,6 +306,54 @@ impl E2e {
             Vec::<String>::new(),
             "agent sockets left"
         );
+        // VM sandboxes' scratch directories (console log, workspace image).
+        let scratch = format!("hearth-{}.", std::process::id());
+        let scratch_left: Vec<String> = left(&std::env::temp_dir())
+            .into_iter()
+            .filter(|p| {
+                Path::new(p)
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&scratch))
+            })
+            .collect();
+        assert_eq!(scratch_left, Vec::<String>::new(), "sandbox scratch left");
+    }
+}
+
+/// Lines after `Ready in $MS ms` (a VM's boot phases, which vary) as one `$BOOT` line.
+fn boot_detail_normalized(out: &str) -> String {
+    let mut kept = String::new();
+    let mut lines = out.lines();
+    for l in lines.by_ref() {
+        kept.push_str(l);
+        kept.push('\n');
+        if l.starts_with("Ready in ") {
+            break;
+        }
+    }
+    if lines.next().is_some() {
+        kept.push_str("$BOOT\n");
+    }
+    kept
+}
+
+/// The text of `tests/jobs/e2e/<name>`, built in (VM tests run where the source tree is not).
+pub fn corpus(name: &str) -> &'static str {
+    match name {
+        "chatty.json" => include_str!("../jobs/e2e/chatty.json"),
+        "cli-step.json" => include_str!("../jobs/e2e/cli-step.json"),
+        "docker-steps.json" => include_str!("../jobs/e2e/docker-steps.json"),
+        "failing-step.json" => include_str!("../jobs/e2e/failing-step.json"),
+        "files-store.json" => include_str!("../jobs/e2e/files-store.json"),
+        "files.json" => include_str!("../jobs/e2e/files.json"),
+        "redaction.json" => include_str!("../jobs/e2e/redaction.json"),
+        "shallow.json" => include_str!("../jobs/e2e/shallow.json"),
+        "slow-clone.json" => include_str!("../jobs/e2e/slow-clone.json"),
+        "slow.json" => include_str!("../jobs/e2e/slow.json"),
+        "small.json" => include_str!("../jobs/e2e/small.json"),
+        "sparse.json" => include_str!("../jobs/e2e/sparse.json"),
+        "vm-disk.json" => include_str!("../jobs/e2e/vm-disk.json"),
+        other => panic!("no corpus job {other:?} (add it to job_common::corpus)"),
     }
 }
 
@@ -302,46 +419,49 @@ pub fn normalize_out(s: &str, workspace_root: &Path) -> String {
         .collect()
 }
 
-/// The `setup.fs.workspace`, `setup.sandbox.start` and teardown entries every job has.
-pub fn workspace_entry() -> Entry {
-    Entry {
-        key: "setup.fs.workspace".into(),
-        command: vec![],
-        exit_code: Some(0),
-        out: "Created workspace $WS (1024 MiB disk)\n".into(),
-    }
-}
-
 impl E2e {
+    /// The `setup.fs.workspace`, `setup.sandbox.start` and teardown entries every job has.
+    pub fn workspace_entry(&self) -> Entry {
+        Entry {
+            key: "setup.fs.workspace".into(),
+            command: vec![],
+            exit_code: Some(0),
+            out: format!("Created workspace $WS ({} MiB disk)\n", self.setup.disk_mib),
+        }
+    }
+
     pub fn sandbox_start_entry(&self) -> Entry {
         Entry {
             key: "setup.sandbox.start".into(),
             command: vec![],
             exit_code: Some(0),
             out: format!(
-                "Starting process sandbox $SANDBOX: 1 CPUs, 512 MiB memory, 1024 MiB workspace \
+                "Starting {} sandbox $SANDBOX: 1 CPUs, {} MiB memory, {} MiB workspace \
                  disk\nReady in $MS ms\n{}",
-                self.start_detail
+                self.kind(),
+                self.setup.memory_mib,
+                self.setup.disk_mib,
+                self.setup.start_detail
             ),
         }
     }
-}
 
-pub fn teardown_entries() -> Vec<Entry> {
-    vec![
-        Entry {
-            key: "teardown.sandbox.remove".into(),
-            command: vec![],
-            exit_code: Some(0),
-            out: "Removed process sandbox $SANDBOX\n".into(),
-        },
-        Entry {
-            key: "teardown.fs".into(),
-            command: vec![],
-            exit_code: Some(0),
-            out: "Removed $WS\n".into(),
-        },
-    ]
+    pub fn teardown_entries(&self) -> Vec<Entry> {
+        vec![
+            Entry {
+                key: "teardown.sandbox.remove".into(),
+                command: vec![],
+                exit_code: Some(0),
+                out: format!("Removed {} sandbox $SANDBOX\n", self.kind()),
+            },
+            Entry {
+                key: "teardown.fs".into(),
+                command: vec![],
+                exit_code: Some(0),
+                out: "Removed $WS\n".into(),
+            },
+        ]
+    }
 }
 
 /// The docker step note line.
