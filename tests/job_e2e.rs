@@ -65,3 +65,8 @@ async fn cancel_is_acted_on_within_a_second_of_the_heartbeat() {
 async fn cancel_during_clone_kills_git_and_skips_the_sandbox() {
     cases::cancel_during_clone_kills_git_and_skips_the_sandbox(&E2e::start().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_store_content_is_fetched_with_the_job_token() {
+    cases::files_store_content_is_fetched_with_the_job_token(&E2e::start().await).await;
+}

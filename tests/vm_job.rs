@@ -30,6 +30,7 @@ vm_cases!(
     sparse_checkout_fetches_only_the_patterns,
     files_are_written_with_mode_and_mtime,
     files_store_reference_is_fetched_from_the_frontend,
+    files_store_content_is_fetched_with_the_job_token,
     redacted_values_never_leave_the_process,
     failing_step_stops_the_job_and_marks_it_errored,
     runtime_limit_kills_the_step_and_errors_the_job,

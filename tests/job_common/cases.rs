@@ -4,6 +4,7 @@
 //! (the sandbox start/teardown texts, sizes, time limits).
 
 use super::expect::*;
+use super::files_frontend::FilesFrontend;
 use super::git_server::{REPO, SLOW_REPO};
 use super::*;
 use hearth::queue::store::JobState;
@@ -251,6 +252,62 @@ pub async fn files_store_reference_is_fetched_from_the_frontend(h: &E2e) {
     let mut expected = vec![h.workspace_entry()];
     expected.push(h.teardown_entries().remove(1));
     assert_entries(&h.normalized_logs(id), &expected);
+    h.assert_clean();
+}
+
+pub async fn files_store_content_is_fetched_with_the_job_token(h: &E2e) {
+    // A frontend with a file store in front of the embedded queue's store.
+    let stored: &[u8] = b"API_KEY=from-the-store\n";
+    let frontend = FilesFrontend::start(
+        h.queue.store.clone(),
+        &h.config.frontend_password,
+        &[("batch-changes", "spec123/file789", stored)],
+    )
+    .await;
+    let id = h.submit("files-store-fetched.json");
+    let sum = h.work_via(&frontend.base, 1, 1, h.timing().job_limit).await;
+    assert_eq!(sum.completed, 1, "{:?}", h.record(id));
+    assert_eq!(h.record(id).state, JobState::Completed);
+    let s0 = script(id, 0, "");
+    let mut expected = vec![
+        h.workspace_entry(),
+        extras(&[
+            "input.json",
+            "workspace-files/.env",
+            &format!(".sourcegraph-executor/{s0}"),
+        ]),
+        h.sandbox_start_entry(),
+        step(
+            "step.docker.show",
+            &s0,
+            0,
+            "alpine:3",
+            // The store's bytes, mode 0777 and the entry's modifiedAt.
+            &["API_KEY=from-the-store", "777 1709287200"],
+            &[
+                "+ cat workspace-files/.env",
+                "+ stat -c '%a %Y' workspace-files/.env",
+            ],
+        ),
+    ];
+    expected.extend(h.teardown_entries());
+    assert_entries(&h.normalized_logs(id), &expected);
+    // One GET, with the job's own token and identity.
+    let seen = frontend.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let r = &seen[0];
+    assert_eq!(
+        (r.path.as_str(), r.status),
+        ("/.executors/files/batch-changes/spec123/file789", 200)
+    );
+    assert!(
+        r.authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Bearer ") && a.len() > 20),
+        "{r:?}"
+    );
+    assert_eq!(r.job_id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(r.executor.as_deref(), Some(h.config.executor_name.as_str()));
     h.assert_clean();
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cases;
 pub mod expect;
+pub mod files_frontend;
 pub mod git_server;
 pub mod local_agent;
 pub mod vm;
@@ -200,12 +201,18 @@ impl E2e {
     }
 
     pub async fn client(&self) -> QueueClient {
+        self.client_for(&self.queue.server.base_url()).await
+    }
+
+    /// A client of the frontend at `base` (the embedded queue's API, or one that adds routes).
+    pub async fn client_for(&self, base: &str) -> QueueClient {
         let mut opts = self
             .queue
             .client(&self.config, None)
             .unwrap()
             .options()
             .clone();
+        opts.base_url = base.to_string();
         opts.retry = RetryPolicy {
             initial_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(500),
@@ -239,7 +246,24 @@ impl E2e {
         concurrency: usize,
         max_runtime: Duration,
     ) -> WorkerSummary {
-        let client = self.client().await;
+        self.work_via(
+            &self.queue.server.base_url(),
+            jobs,
+            concurrency,
+            max_runtime,
+        )
+        .await
+    }
+
+    /// [`E2e::work`] against the frontend at `base`.
+    pub async fn work_via(
+        &self,
+        base: &str,
+        jobs: u64,
+        concurrency: usize,
+        max_runtime: Duration,
+    ) -> WorkerSummary {
+        let client = self.client_for(base).await;
         let fut = worker::run(
             client,
             Arc::new(self.runner()),
@@ -345,6 +369,7 @@ pub fn corpus(name: &str) -> &'static str {
         "docker-steps.json" => include_str!("../jobs/e2e/docker-steps.json"),
         "failing-step.json" => include_str!("../jobs/e2e/failing-step.json"),
         "files-store.json" => include_str!("../jobs/e2e/files-store.json"),
+        "files-store-fetched.json" => include_str!("../jobs/e2e/files-store-fetched.json"),
         "files.json" => include_str!("../jobs/e2e/files.json"),
         "redaction.json" => include_str!("../jobs/e2e/redaction.json"),
         "shallow.json" => include_str!("../jobs/e2e/shallow.json"),
