@@ -5,6 +5,9 @@
 //! HEARTH_KERNEL=... HEARTH_ROOTFS=... cargo run -p hearth-vmm --example boot_timeline -- \
 //!     [--no-rootfs] [--mem MIB] [--runs N] [CMDLINE EXTRA...]
 //! ```
+//!
+//! With debugfs mounted (`mount -t debugfs none /sys/kernel/debug`) it also prints the VM's
+//! KVM counters (exits by kind, page faults) at agent ready.
 
 use std::time::Duration;
 
@@ -48,10 +51,39 @@ fn main() {
             ranges.join(", "),
             anon_huge_kib(&vm.guest_ram_host_ranges())
         );
+        if let Some(stats) = kvm_debugfs_stats() {
+            println!("run {run}: KVM stats at agent ready: {stats}");
+        }
         vm.kill();
     }
     println!("--- console of the last run ---");
     print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+/// The non-zero KVM debugfs counters of this process's VM (exits by kind, page faults, ...),
+/// when debugfs is mounted: exit counts do not depend on how loaded the machine is, timings do.
+fn kvm_debugfs_stats() -> Option<String> {
+    let prefix = format!("{}-", std::process::id());
+    let dir = std::fs::read_dir("/sys/kernel/debug/kvm")
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?
+        .path();
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if let Ok(v) = std::fs::read_to_string(e.path())
+            && let Ok(n) = v.trim().parse::<u64>()
+            && n != 0
+        {
+            out.push(format!("{}={n}", e.file_name().to_string_lossy()));
+        }
+    }
+    Some(out.join(" "))
 }
 
 /// AnonHugePages (KiB) of the smaps entries overlapping `ranges`: whether guest RAM got THP.
