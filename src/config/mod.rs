@@ -6,6 +6,7 @@
 //! queue API itself (embedded mode), so the URL, the password and the queue names become optional
 //! there (password: a random per-process secret; queues: both `batches` and `codeintel`).
 
+mod compat;
 mod flags;
 pub mod parse;
 
@@ -230,6 +231,8 @@ impl Config {
                 "invalid value {log_format:?} for SRC_LOG_FORMAT: must be one of logfmt, condensed, json, json_gcp"
             ));
         }
+
+        compat::validate(env, &mut errors);
 
         // Validate (messages follow the original's `Config.Validate`).
         if let Some(url) = &frontend_url {

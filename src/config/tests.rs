@@ -179,3 +179,74 @@ fn log_level_values() {
     let e = load(&REMOTE, &flags).unwrap_err();
     assert!(e.0[0].contains("SRC_LOG_LEVEL"));
 }
+
+#[test]
+fn remaining_variables_are_validated_like_the_original() {
+    let mut vars = REMOTE.to_vec();
+    vars.extend([
+        ("EXECUTOR_KEEP_WORKSPACES", "sometimes"),
+        ("EXECUTOR_USE_FIRECRACKER", "maybe"),
+        ("EXECUTOR_DOCKER_ADD_HOST_GATEWAY", "2"),
+        ("EXECUTOR_JOB_MEMORY", "plenty"),
+        ("EXECUTOR_MAXIMUM_RUNTIME_PER_JOB", "30"),
+        ("EXECUTOR_NUM_TOTAL_JOBS", "-"),
+        ("EXECUTOR_MAX_ACTIVE_TIME", "1 hour"),
+        ("SRC_LOG_FORMAT", "xml"),
+        ("EXECUTOR_CLEANUP_TASK_INTERVAL", "often"),
+        ("EXECUTOR_FIRECRACKER_BANDWIDTH_INGRESS", "fast"),
+        ("EXECUTOR_DOCKER_AUTH_CONFIG", "{"),
+    ]);
+    let e = load(&vars, &ConfigFlags::default()).unwrap_err();
+    let all = e.0.join("\n");
+    for expected in [
+        "invalid bool \"sometimes\" for EXECUTOR_KEEP_WORKSPACES",
+        "invalid bool \"maybe\" for EXECUTOR_USE_FIRECRACKER",
+        "invalid bool \"2\" for EXECUTOR_DOCKER_ADD_HOST_GATEWAY",
+        "invalid memory size provided for EXECUTOR_JOB_MEMORY: \"plenty\"",
+        "invalid duration \"30\" for EXECUTOR_MAXIMUM_RUNTIME_PER_JOB",
+        "invalid int \"-\" for EXECUTOR_NUM_TOTAL_JOBS",
+        "invalid duration \"1 hour\" for EXECUTOR_MAX_ACTIVE_TIME",
+        "invalid value \"xml\" for SRC_LOG_FORMAT",
+        "invalid duration \"often\" for EXECUTOR_CLEANUP_TASK_INTERVAL",
+        "invalid int \"fast\" for EXECUTOR_FIRECRACKER_BANDWIDTH_INGRESS",
+        "invalid EXECUTOR_DOCKER_AUTH_CONFIG, failed to parse",
+    ] {
+        assert!(all.contains(expected), "{expected:?} missing from:\n{all}");
+    }
+
+    // The CPU count rule is Firecracker's: without VM isolation any count goes.
+    let mut vars = REMOTE.to_vec();
+    vars.extend([
+        ("EXECUTOR_USE_FIRECRACKER", "false"),
+        ("EXECUTOR_JOB_NUM_CPUS", "3"),
+    ]);
+    let c = load(&vars, &ConfigFlags::default()).unwrap();
+    assert!(!c.use_vm);
+    assert_eq!(c.job_num_cpus, 3);
+    // EXECUTOR_JOB_NUM_CPUS wins over its fallback.
+    let mut vars = REMOTE.to_vec();
+    vars.extend([
+        ("EXECUTOR_JOB_NUM_CPUS", "2"),
+        ("EXECUTOR_FIRECRACKER_NUM_CPUS", "8"),
+    ]);
+    assert_eq!(
+        load(&vars, &ConfigFlags::default()).unwrap().job_num_cpus,
+        2
+    );
+
+    let mut vars = REMOTE.to_vec();
+    vars[0] = ("EXECUTOR_FRONTEND_URL", "ftp://sg.example.com");
+    vars.push(("EXECUTOR_MAXIMUM_NUM_JOBS", "0"));
+    let all = load(&vars, &ConfigFlags::default())
+        .unwrap_err()
+        .0
+        .join("\n");
+    assert!(
+        all.contains("EXECUTOR_FRONTEND_URL scheme must be http or https"),
+        "{all}"
+    );
+    assert!(
+        all.contains("EXECUTOR_MAXIMUM_NUM_JOBS must be at least 1"),
+        "{all}"
+    );
+}

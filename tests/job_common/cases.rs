@@ -466,6 +466,7 @@ pub async fn cancel_is_acted_on_within_a_second_of_the_heartbeat(h: &E2e) {
     .unwrap();
     let ended = started + time::Duration::milliseconds(step.duration_ms.unwrap());
     let after_cancel = ended - canceled_wall;
+    eprintln!("the step's entry ended {after_cancel} after the cancel");
     assert!(
         after_cancel < time::Duration::try_from(h.timing().step_cancel_within).unwrap(),
         "the step ended {after_cancel} after the cancel"
