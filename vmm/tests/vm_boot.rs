@@ -5,7 +5,29 @@ mod common;
 
 use std::time::Duration;
 
+use hearth_vmm::seccomp::SeccompMode;
 use hearth_vmm::{VmBuilder, VmExit};
+
+/// (thread name, `Seccomp:` value) of this process's VMM threads.
+fn vmm_threads_seccomp() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !(comm.starts_with("hearth-vcpu") || comm.starts_with("hearth-vmm-even")) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        out.push((comm.to_string(), mode));
+    }
+    out
+}
 
 #[test]
 fn kernel_without_root_disk_panics_and_is_reported() {
@@ -48,6 +70,7 @@ fn tiny_rootfs_boots_to_agent_ready() {
         .memory_mib(256)
         .console_log(&log)
         .deadline(Duration::from_secs(120))
+        .seccomp(SeccompMode::Enforce)
         .start()
         .unwrap();
     let ready = vm.wait_ready(Duration::from_secs(100));
@@ -60,6 +83,29 @@ fn tiny_rootfs_boots_to_agent_ready() {
     }
     eprintln!("boot timings: {}", vm.timings());
     assert!(vm.exit().is_none());
+    // The guest ran under the filters: every vCPU and event-loop thread of this process is in
+    // seccomp filter mode (the kernel's view, /proc/self/task/*/status).
+    // (A thread of another test's VM that is just starting has not installed its filter yet:
+    // look again for up to 2 s before calling a thread unfiltered.)
+    let mut filtered = vmm_threads_seccomp();
+    for _ in 0..20 {
+        if filtered.iter().all(|(_, mode)| mode == "2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        filtered = vmm_threads_seccomp();
+    }
+    assert!(
+        filtered.iter().any(|(n, _)| n.starts_with("hearth-vcpu"))
+            && filtered
+                .iter()
+                .any(|(n, _)| n.starts_with("hearth-vmm-even")),
+        "no vCPU or event-loop thread found: {filtered:?}"
+    );
+    assert!(
+        filtered.iter().all(|(_, mode)| mode == "2"),
+        "a VMM thread without a seccomp filter (Seccomp: 2 = filter mode): {filtered:?}"
+    );
     assert_eq!(vm.kill(), VmExit::Killed);
 }
 
