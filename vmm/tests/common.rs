@@ -131,6 +131,7 @@ pub fn with_deadline<F>(name: &str, limit: std::time::Duration, body: F)
 where
     F: FnOnce(&Probe) + Send + 'static,
 {
+    log_vmm_events();
     let probe = std::sync::Arc::new(Probe::default());
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let p = probe.clone();
@@ -155,4 +156,59 @@ where
             thread_stacks()
         ),
     }
+}
+
+/// Prints the VMM's own log events (debug and above, `hearth_vmm` only) on stderr, so a failing
+/// test shows what the device model saw (resets, refused packets, exits). Installed once per
+/// binary by [`with_deadline`]; lines carry the thread name and the time since installation.
+struct VmmLog {
+    start: std::time::Instant,
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!(" {value:?}"));
+        } else {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+impl tracing::Subscriber for VmmLog {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.target().starts_with("hearth_vmm") && *meta.level() <= tracing::Level::DEBUG
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let thread = std::thread::current();
+        eprintln!(
+            "[{:>8.3}s {} {} {}]{}",
+            self.start.elapsed().as_secs_f64(),
+            thread.name().unwrap_or("?"),
+            event.metadata().level(),
+            event.metadata().target(),
+            fields.0
+        );
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Installs [`VmmLog`] (once per process).
+pub fn log_vmm_events() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(VmmLog {
+            start: std::time::Instant::now(),
+        });
+    });
 }

@@ -38,11 +38,28 @@ fn ready(vm: &Vm) {
 }
 
 async fn client(vm: &Vm) -> Client {
-    let stream = vm
-        .connect(AGENT_PORT)
-        .await
-        .expect("vsock connect to the agent");
-    Client::handshake(stream).await.expect("agent handshake")
+    let stream = match vm.connect(AGENT_PORT).await {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "vsock connect to the agent: {e}\n{}",
+            failure_report(vm).await
+        ),
+    };
+    match Client::handshake(stream).await {
+        Ok(c) => c,
+        Err(e) => panic!("agent handshake: {e}\n{}", failure_report(vm).await),
+    }
+}
+
+/// Why a VM's agent connection may have failed: the VM's exit (if it stopped), the vsock state
+/// and the console tail.
+async fn failure_report(vm: &Vm) -> String {
+    format!(
+        "VM exit: {:?}\n--- vsock device ---\n{}\n--- console tail ---\n{}",
+        vm.exit(),
+        vsock_state(vm).await,
+        vm.console_tail()
+    )
 }
 
 /// The vsock device's state (queues, interrupt status, connections) for a stall report.
@@ -339,13 +356,18 @@ fn twenty_boots_in_a_row_leak_nothing() {
                     let c = tokio::time::timeout(limit, client(&vm))
                         .await
                         .unwrap_or_else(|_| stuck("connect + handshake"));
-                    let out = tokio::time::timeout(
+                    let out = match tokio::time::timeout(
                         limit,
                         c.exec_collect(ExecSpec::script(format!("echo {i}"))),
                     )
                     .await
                     .unwrap_or_else(|_| stuck("exec"))
-                    .unwrap();
+                    {
+                        Ok(out) => out,
+                        Err(e) => {
+                            panic!("boot {i}: exec failed: {e}\n{}", failure_report(&vm).await)
+                        }
+                    };
                     assert_eq!(out.stdout, format!("{i}\n").into_bytes());
                 });
                 let exec_at = t.elapsed();

@@ -36,6 +36,8 @@ pub mod fuzzing;
 #[cfg(test)]
 mod test_driver;
 #[cfg(test)]
+mod stress_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io;
