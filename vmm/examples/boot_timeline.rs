@@ -55,6 +55,8 @@ fn main() {
             println!("run {run}: KVM stats at agent ready: {stats}");
         }
         vm.kill();
+        drop(vm);
+        println!("run {run}: after the VM was dropped: {}", vm_size());
     }
     println!("--- console of the last run ---");
     print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -84,6 +86,16 @@ fn kvm_debugfs_stats() -> Option<String> {
         }
     }
     Some(out.join(" "))
+}
+
+/// The process's VmSize line: guest RAM that is not unmapped after a VM shows up here.
+fn vm_size() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmSize:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// AnonHugePages (KiB) of the smaps entries overlapping `ranges`: whether guest RAM got THP.
