@@ -330,17 +330,29 @@ impl VmBuilder {
             _kvm: Some(kvm_vm),
             ram,
         };
+        // From here on `vm` owns guest RAM: no other clone of it may outlive `vm` on an error
+        // path, or dropping `vm` could not unmap it (see `GuestRam`).
+        drop(dm);
+        drop(mem);
         for (id, fd) in vcpu_fds.into_iter().enumerate() {
-            // On error `vm` is dropped, which stops and joins what was started.
-            let h = vcpu::spawn(
+            let spawned = vcpu::spawn(
                 fd,
                 id as u8,
                 buses.clone(),
                 control.clone(),
-                mem.clone(),
+                vm.ram.memory().clone(),
                 self.seccomp,
-            )?;
-            vm.vcpus.push(h);
+            );
+            match spawned {
+                Ok(h) => vm.vcpus.push(h),
+                Err(e) => {
+                    // The buses reach guest memory through the devices: dropped before `vm`,
+                    // which stops and joins what was started, then unmaps guest RAM.
+                    drop(buses);
+                    drop(vm);
+                    return Err(e.into());
+                }
+            }
         }
         Ok(vm)
     }
