@@ -13,8 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Writes to the process's stderr directly: libtest captures `eprintln!` of a test and of the
+/// threads it spawns, and that buffer is lost when the watchdog aborts.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// A whole case, VM boots included, must end within this (the worker's own limit is 300 s).
 pub const CASE_DEADLINE: Duration = Duration::from_secs(420);
+
+/// No VM of a case lives longer than this.
+pub const VM_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The guest kernel and rootfs from `HEARTH_KERNEL` / `HEARTH_ROOTFS`, and a usable /dev/kvm.
 pub fn artifacts() -> GuestArtifacts {
@@ -62,7 +74,8 @@ impl Timing {
 /// Microvms booted by `sandbox::vm`: 256 MiB, a 128 MiB workspace disk.
 pub fn setup(artifacts: GuestArtifacts) -> impl FnOnce(&Path) -> Setup {
     move |_sock_dir| Setup {
-        isolation: Arc::new(VmIsolation::new(artifacts)),
+        // The VMM kills a VM that outlives any case (a guest or VMM hang ends as a failed job).
+        isolation: Arc::new(VmIsolation::new(artifacts).deadline(Some(VM_DEADLINE))),
         start_detail: "$BOOT\n".into(),
         memory_mib: 256,
         disk_mib: 128,
@@ -92,13 +105,14 @@ where
     F: for<'a> FnOnce(&'a E2e) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>,
 {
     let _one = one_at_a_time();
+    say!("{name}: starting");
     let artifacts = artifacts();
     let rt = runtime();
     let started = Instant::now();
     let h = rt.block_on(E2e::start_with(setup(artifacts)));
     let _watchdog = Watchdog::new(name, CASE_DEADLINE, h.queue.store.clone());
     rt.block_on(case(&h));
-    eprintln!("{name}: passed in {:.1} s", started.elapsed().as_secs_f64());
+    say!("{name}: passed in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// Aborts the test binary with diagnostics when a case runs over its deadline.
@@ -120,7 +134,7 @@ impl Watchdog {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            eprintln!("{what}: still running after {limit:?}; diagnostics follow, then abort");
+            say!("{what}: still running after {limit:?}; diagnostics follow, then abort");
             // The store or a stuck thread could block the report: give it a bounded time.
             let report = std::thread::spawn(move || report(&store));
             let until = Instant::now() + Duration::from_secs(60);
@@ -154,12 +168,15 @@ fn report(store: &Store) {
     match store.list(&ListFilter::default()) {
         Ok(jobs) => {
             for j in jobs {
-                eprintln!(
+                say!(
                     "job {} ({}): {:?} {:?}",
-                    j.id, j.queue, j.state, j.failure_message
+                    j.id,
+                    j.queue,
+                    j.state,
+                    j.failure_message
                 );
                 for e in store.logs(j.id).unwrap_or_default() {
-                    eprintln!(
+                    say!(
                         "  {} exit {:?} after {:?} ms\n{}",
                         e.key,
                         e.exit_code,
@@ -169,7 +186,7 @@ fn report(store: &Store) {
                 }
             }
         }
-        Err(e) => eprintln!("(listing the jobs failed: {e})"),
+        Err(e) => say!("(listing the jobs failed: {e})"),
     }
     let scratch = format!("hearth-{}.", std::process::id());
     for d in std::fs::read_dir(std::env::temp_dir())
@@ -180,7 +197,7 @@ fn report(store: &Store) {
         if d.file_name().to_string_lossy().starts_with(&scratch) {
             let log = d.path().join("console.log");
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            eprintln!("--- {} (tail) ---\n{}", log.display(), tail(&text, 40));
+            say!("--- {} (tail) ---\n{}", log.display(), tail(&text, 40));
         }
     }
     let gdb = std::process::Command::new("gdb")
@@ -188,11 +205,11 @@ fn report(store: &Store) {
         .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
         .output();
     match gdb {
-        Ok(o) => eprintln!(
+        Ok(o) => say!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => eprintln!("(no gdb for thread stacks: {e})"),
+        Err(e) => say!("(no gdb for thread stacks: {e})"),
     }
 }
