@@ -13,10 +13,10 @@ use hearth_vmm::{Vm, VmBuilder, VmExit};
 const AGENT_PORT: u32 = 1024;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Whole-test limits (under the emulated-SVM harness; a hang fails with console tails, the vsock
-/// state and thread stacks instead of running into the harness limit).
+/// state and thread stacks instead of running into the harness limit, 900 s per binary).
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 const BULK_TEST_LIMIT: Duration = Duration::from_secs(600);
-const REPEAT_TEST_LIMIT: Duration = Duration::from_secs(1200);
+const REPEAT_TEST_LIMIT: Duration = Duration::from_secs(720);
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 fn tiny_vm(name: &str) -> VmBuilder {
@@ -114,8 +114,6 @@ fn exec_uname_exit_codes_and_binary_output() {
 }
 
 #[test]
-#[ignore = "quarantined: intermittent guest->host vsock stall (>60 s without output) seen in CI \
-            2026-11-26; open bug in the VMM issue. Run with --include-ignored"]
 fn hundred_mib_of_output_streams_through() {
     common::with_deadline(
         "hundred_mib_of_output_streams_through",
@@ -329,8 +327,10 @@ fn vm_size_kib() -> u64 {
 }
 
 #[test]
-#[ignore = "quarantined: intermittent hang within a boot (2 of 11 harness runs, again in CI \
-            2026-11-26); open bug in the VMM issue. Run with --include-ignored"]
+#[ignore = "quarantined: 1 failure in 10 harness runs (2026-11-26, ~200 boots; the failing run had \
+            the tests in parallel): right after a good handshake the exec saw the connection end \
+            ('agent closed the connection'); cause not found yet. A failure now reports the VM \
+            exit, vsock state, console and VMM log. Run with --include-ignored"]
 fn twenty_boots_in_a_row_leak_nothing() {
     common::with_deadline(
         "twenty_boots_in_a_row_leak_nothing",
