@@ -33,12 +33,20 @@ const TOKEN_BACKEND: u32 = 101;
 const TOKEN_TIMER: u32 = 102;
 /// While connections wait for the guest's RST, the timer re-checks this often.
 const CLOSING_RECHECK: Duration = Duration::from_millis(250);
+/// An interrupt the guest has not acknowledged (InterruptStatus still set) this long after we
+/// raised it is raised again. Seen under nested virtualization: the status stayed set for a
+/// minute while the guest waited, idle, for the completion it announced (a lost edge), and the
+/// stream never resumed. The guest's handler reads and acknowledges the status, so a repeated
+/// edge for a still-set status is always handled, never spurious.
+const IRQ_RECHECK: Duration = Duration::from_millis(200);
 
 struct Active {
     mem: GuestMemory,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
     irq: Arc<IrqTrigger>,
+    /// When we last raised the interrupt.
+    last_irq: Instant,
 }
 
 /// The vsock device (guest side of the transport). Create it with [`Vsock::new`], put it behind
@@ -53,6 +61,10 @@ pub struct Vsock {
     /// Fires shutdown timeouts when no other event arrives. One-shot; never `read` (a re-arm
     /// between epoll and the read would block the loop): handling re-arms or disarms it.
     timer: TimerFd,
+    /// When the timer is due, if armed.
+    timer_due: Option<Instant>,
+    /// Interrupts raised again because the guest had not acknowledged them.
+    irq_repeats: u64,
     pending_activation: Option<ActivateArgs>,
     active: Option<Active>,
     /// Queue eventfds of a reset device, to be removed from the event loop.
@@ -85,6 +97,8 @@ impl Vsock {
             control_evt: EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?,
             backend: backend.clone(),
             timer: TimerFd::new().map_err(|e| VsockError::TimerFd(e.into()))?,
+            timer_due: None,
+            irq_repeats: 0,
             pending_activation: None,
             active: None,
             stale_evts: Vec::new(),
@@ -112,7 +126,8 @@ impl Vsock {
         self.active.is_some()
     }
 
-    fn signal_interrupt(active: &Active) {
+    fn signal_interrupt(active: &mut Active) {
+        active.last_irq = Instant::now();
         if let Err(e) = active.irq.trigger(IrqKind::Vring) {
             tracing::warn!(error = %e, "vsock: failed to signal the used-ring interrupt");
         }
@@ -167,6 +182,7 @@ impl Vsock {
             queues: args.queues,
             queue_evts: args.queue_evts,
             irq: args.irq,
+            last_irq: Instant::now(),
         });
         tracing::debug!(cid = self.guest_cid, "vsock: activated");
         // Anything the host asked for before the driver came up, and anything the guest queued.
@@ -175,8 +191,40 @@ impl Vsock {
         self.run_tx();
     }
 
+    /// Make sure the timer fires within `after` (an earlier expiry is kept).
+    fn arm_timer_by(&mut self, after: Duration) {
+        let at = Instant::now() + after;
+        if self.timer_due.is_none_or(|due| due > at) {
+            self.arm_timer(Some(after));
+        }
+    }
+
+    /// Raises the interrupt again if the guest has not acknowledged it for [`IRQ_RECHECK`];
+    /// returns when to look again (`None`: nothing unacknowledged).
+    fn repeat_unacknowledged_irq(&mut self) -> Option<Duration> {
+        let active = self.active.as_mut()?;
+        if active.irq.status() == 0 {
+            return None;
+        }
+        let age = active.last_irq.elapsed();
+        if age < IRQ_RECHECK {
+            return Some(IRQ_RECHECK - age);
+        }
+        self.irq_repeats += 1;
+        if self.irq_repeats.is_power_of_two() {
+            tracing::warn!(
+                repeats = self.irq_repeats,
+                unacknowledged_ms = age.as_millis() as u64,
+                "vsock: the guest did not acknowledge an interrupt; raising it again"
+            );
+        }
+        Self::signal_interrupt(active);
+        Some(IRQ_RECHECK)
+    }
+
     /// Arm the one-shot timer for `after`, or disarm it.
     fn arm_timer(&mut self, after: Option<Duration>) {
+        self.timer_due = after.map(|d| Instant::now() + d);
         let result = match after {
             Some(d) => self.timer.reset(d, None),
             None => self.timer.clear(),
@@ -194,7 +242,12 @@ impl Vsock {
         match &self.active {
             None => out.push_str("not active\n"),
             Some(active) => {
-                out.push_str(&format!("irq status {:#x}\n", active.irq.status()));
+                out.push_str(&format!(
+                    "irq status {:#x}, last raised {:?} ago, raised again {} times\n",
+                    active.irq.status(),
+                    active.last_irq.elapsed(),
+                    self.irq_repeats
+                ));
                 for (name, q) in [("rx", RX_QUEUE), ("tx", TX_QUEUE)] {
                     let queue = &active.queues[q];
                     let avail = queue.avail_idx(&active.mem, Ordering::Acquire);
@@ -326,12 +379,15 @@ impl MutEventSubscriber for Vsock {
             }
             TOKEN_TIMER => {
                 // Re-arming or disarming clears the expiration (see the `timer` field).
-                let rearm = if self.muxer.has_closing() {
+                self.timer_due = None;
+                let mut rearm = None;
+                if self.muxer.has_closing() {
                     self.muxer.sweep(Instant::now(), true);
-                    self.muxer.has_closing().then_some(CLOSING_RECHECK)
-                } else {
-                    None
-                };
+                    rearm = self.muxer.has_closing().then_some(CLOSING_RECHECK);
+                }
+                if let Some(d) = self.repeat_unacknowledged_irq() {
+                    rearm = Some(rearm.map_or(d, |r: Duration| r.min(d)));
+                }
                 self.arm_timer(rearm);
             }
             TOKEN_BACKEND => {
@@ -368,7 +424,10 @@ impl MutEventSubscriber for Vsock {
             self.muxer.sweep(Instant::now(), false);
             self.run_rx();
             if self.muxer.take_closing_started() {
-                self.arm_timer(Some(SHUTDOWN_TIMEOUT + CLOSING_RECHECK));
+                self.arm_timer_by(SHUTDOWN_TIMEOUT + CLOSING_RECHECK);
+            }
+            if self.active.as_ref().is_some_and(|a| a.irq.status() != 0) {
+                self.arm_timer_by(IRQ_RECHECK);
             }
         }
     }

@@ -141,3 +141,31 @@ async fn irregular_reader_and_answers_never_stall_the_stream() {
         stream_once(seed, 12 << 20).await;
     }
 }
+
+/// An interrupt the guest does not acknowledge is raised again (a lost edge must not stall the
+/// guest forever), and an acknowledged one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_interrupt_is_raised_again() {
+    let mut h = Harness::new();
+    let _listener = h.handle.listen(5200).unwrap();
+    h.send(guest_hdr(4200, 5200, Op::Request), &[]);
+    h.recv_until(|hdr, _| Op::from_wire(hdr.op) == Some(Op::Response))
+        .await;
+    assert_ne!(h.irq.status(), 0, "the RESPONSE raised the interrupt");
+    // Not acknowledged: the irqfd is signalled again after the recheck interval.
+    let _ = h.irq.irqfd().read();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let again = h.irq.irqfd().read().unwrap_or(0);
+    assert!(again >= 1, "unacknowledged interrupt was not raised again");
+    // Acknowledged (as the guest's handler does): quiet.
+    h.irq.ack(u32::MAX);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = h.irq.irqfd().read();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        h.irq.irqfd().read().is_err(),
+        "an acknowledged interrupt was raised again"
+    );
+    let state = h.handle.describe(Duration::from_secs(5)).await.unwrap();
+    assert!(state.contains("raised again"), "{state}");
+}
