@@ -313,6 +313,7 @@ impl VmBuilder {
         };
         let event_loop = event_loop::spawn(
             std::mem::take(&mut dm.subscribers),
+            std::mem::take(&mut dm.virtio_irqs),
             control.clone(),
             deadline,
             self.seccomp,

@@ -9,11 +9,15 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 
 use crate::VmExit;
 use crate::device_manager::Subscriber;
+use crate::devices::virtio::IrqTrigger;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::vstate::control::VmControl;
 
 /// Longest single wait, so the stop flag is noticed even if a wake-up is lost.
 const MAX_WAIT: Duration = Duration::from_millis(200);
+/// A virtio interrupt the guest has not acknowledged this long after it was raised is raised
+/// again (see [`IrqTrigger::repeat_if_unacknowledged`]).
+const IRQ_RECHECK: Duration = Duration::from_millis(200);
 
 /// Errors starting the loop.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +46,11 @@ impl MutEventSubscriber for Waker {
 }
 
 /// Starts the event loop thread with `subscribers`; at `deadline` the VM is stopped with
-/// [`VmExit::DeadlineExceeded`]. The thread installs the `seccomp` filter first.
+/// [`VmExit::DeadlineExceeded`]. The thread installs the `seccomp` filter first. Between waits
+/// it raises again any of `virtio_irqs` the guest left unacknowledged.
 pub fn spawn(
     subscribers: Vec<Subscriber>,
+    virtio_irqs: Vec<Arc<IrqTrigger>>,
     control: Arc<VmControl>,
     deadline: Option<Instant>,
     seccomp: SeccompMode,
@@ -75,6 +81,9 @@ pub fn spawn(
                 let ms = wait.as_millis().max(1) as i32;
                 if let Err(e) = em.run_with_timeout(ms) {
                     control.request_exit(VmExit::Error(format!("event loop: {e:?}")));
+                }
+                for irq in &virtio_irqs {
+                    irq.repeat_if_unacknowledged(IRQ_RECHECK);
                 }
             }
             tracing::debug!("event loop stops");

@@ -8,6 +8,9 @@ use std::time::Duration;
 use hearth_vmm::seccomp::SeccompMode;
 use hearth_vmm::{VmBuilder, VmExit};
 
+/// A whole test, boot included: past it the test fails with thread stacks instead of hanging.
+const TEST_LIMIT: Duration = Duration::from_secs(300);
+
 /// (thread name, `Seccomp:` value) of this process's VMM threads.
 fn vmm_threads_seccomp() -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -31,6 +34,14 @@ fn vmm_threads_seccomp() -> Vec<(String, String)> {
 
 #[test]
 fn kernel_without_root_disk_panics_and_is_reported() {
+    common::with_deadline(
+        "kernel_without_root_disk_panics_and_is_reported",
+        TEST_LIMIT,
+        |_| kernel_without_root_disk_panics_and_is_reported_body(),
+    );
+}
+
+fn kernel_without_root_disk_panics_and_is_reported_body() {
     common::require_kvm();
     let kernel = common::artifact("HEARTH_KERNEL");
     let dir = common::scratch("noroot");
@@ -59,6 +70,12 @@ fn kernel_without_root_disk_panics_and_is_reported() {
 
 #[test]
 fn tiny_rootfs_boots_to_agent_ready() {
+    common::with_deadline("tiny_rootfs_boots_to_agent_ready", TEST_LIMIT, |_| {
+        tiny_rootfs_boots_to_agent_ready_body()
+    });
+}
+
+fn tiny_rootfs_boots_to_agent_ready_body() {
     common::require_kvm();
     let kernel = common::artifact("HEARTH_KERNEL");
     let rootfs = common::artifact("HEARTH_ROOTFS_TINY");
@@ -113,6 +130,12 @@ fn tiny_rootfs_boots_to_agent_ready() {
 /// boots the tiny rootfs to a working agent.
 #[test]
 fn bzimage_boots_tiny_rootfs_to_agent() {
+    common::with_deadline("bzimage_boots_tiny_rootfs_to_agent", TEST_LIMIT, |_| {
+        bzimage_boots_tiny_rootfs_to_agent_body()
+    });
+}
+
+fn bzimage_boots_tiny_rootfs_to_agent_body() {
     use hearth_agent::client::Client;
     use hearth_agent::proto::{ExecSpec, ExitStatus};
 

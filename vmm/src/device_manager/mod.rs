@@ -61,6 +61,8 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// Subscribers for the event loop.
     pub subscribers: Vec<Subscriber>,
+    /// The virtio devices' interrupts, for the event loop's lost-interrupt check.
+    pub virtio_irqs: Vec<Arc<IrqTrigger>>,
     next_mmio: u64,
     next_irq: u32,
 }
@@ -78,6 +80,7 @@ impl DeviceManager {
             pio: Bus::new(),
             mmio: Bus::new(),
             subscribers: Vec::new(),
+            virtio_irqs: Vec::new(),
             next_mmio: MMIO_DEVICES_START,
             next_irq: IRQ_BASE,
         }
@@ -137,6 +140,7 @@ impl DeviceManager {
                 what: "KVM_IRQFD",
                 source,
             })?;
+        self.virtio_irqs.push(irq.clone());
         let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
         for (i, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), i as u32)

@@ -8,7 +8,9 @@ pub mod mmio;
 pub mod vsock;
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -49,6 +51,16 @@ impl IrqKind {
 pub struct IrqTrigger {
     status: AtomicU32,
     irqfd: EventFd,
+    /// When the irqfd was last signalled ([`monotonic_ns`]).
+    last_raised_ns: AtomicU64,
+    /// How often [`IrqTrigger::repeat_if_unacknowledged`] signalled again.
+    repeats: AtomicU64,
+}
+
+/// Nanoseconds since the first call in this process (a monotonic clock for atomics).
+fn monotonic_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 impl IrqTrigger {
@@ -57,13 +69,47 @@ impl IrqTrigger {
         Ok(Self {
             status: AtomicU32::new(0),
             irqfd: EventFd::new(EFD_NONBLOCK)?,
+            last_raised_ns: AtomicU64::new(0),
+            repeats: AtomicU64::new(0),
         })
     }
 
     /// Sets the status bit of `kind` and signals the irqfd.
     pub fn trigger(&self, kind: IrqKind) -> io::Result<()> {
         self.status.fetch_or(kind.bit(), Ordering::SeqCst);
+        self.last_raised_ns.store(monotonic_ns(), Ordering::SeqCst);
         self.irqfd.write(1)
+    }
+
+    /// Signals the irqfd again when InterruptStatus is still set `older_than` after the last
+    /// signal: the guest has not acknowledged it. Seen under nested virtualization: an edge was
+    /// lost, the status stayed set and the guest waited forever for a completion it had been
+    /// told about (the driver's handler reads and acknowledges the status, so a repeated edge for
+    /// a set status is handled, never spurious). Returns whether it signalled.
+    pub fn repeat_if_unacknowledged(&self, older_than: Duration) -> bool {
+        if self.status() == 0 {
+            return false;
+        }
+        let now = monotonic_ns();
+        let last = self.last_raised_ns.load(Ordering::SeqCst);
+        if now.saturating_sub(last) < older_than.as_nanos() as u64 {
+            return false;
+        }
+        self.last_raised_ns.store(now, Ordering::SeqCst);
+        let n = self.repeats.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                repeats = n,
+                status = self.status(),
+                "virtio: the guest did not acknowledge an interrupt; raising it again"
+            );
+        }
+        self.irqfd.write(1).is_ok()
+    }
+
+    /// How often the interrupt was raised again for lack of an acknowledgement.
+    pub fn repeats(&self) -> u64 {
+        self.repeats.load(Ordering::Relaxed)
     }
 
     /// The current InterruptStatus value.
@@ -143,6 +189,32 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unacknowledged_interrupt_is_raised_again_and_acknowledged_one_is_not() {
+        let irq = IrqTrigger::new().unwrap();
+        assert!(
+            !irq.repeat_if_unacknowledged(Duration::ZERO),
+            "nothing raised yet"
+        );
+        irq.trigger(IrqKind::Vring).unwrap();
+        assert_eq!(irq.irqfd().read().unwrap(), 1);
+        assert!(
+            !irq.repeat_if_unacknowledged(Duration::from_secs(60)),
+            "too recent"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(irq.repeat_if_unacknowledged(Duration::from_millis(1)));
+        assert_eq!(irq.irqfd().read().unwrap(), 1, "signalled again");
+        assert_eq!(irq.repeats(), 1);
+        irq.ack(IrqKind::Vring.bit());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            !irq.repeat_if_unacknowledged(Duration::from_millis(1)),
+            "acknowledged"
+        );
+        assert!(irq.irqfd().read().is_err(), "no further signal");
+    }
 
     #[test]
     fn trigger_sets_status_and_signals_irqfd() {
