@@ -34,9 +34,9 @@ mod shared;
 pub mod fuzzing;
 
 #[cfg(test)]
-mod test_driver;
-#[cfg(test)]
 mod stress_tests;
+#[cfg(test)]
+mod test_driver;
 #[cfg(test)]
 mod tests;
 
