@@ -112,7 +112,7 @@ fn check_seccomp(r: &mut Report) {
     let actions =
         std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     let needed = match mode {
-        SeccompMode::Enforce => "kill_process",
+        SeccompMode::Enforce => "trap",
         SeccompMode::Log => "log",
         SeccompMode::Off => {
             return r.warn(

@@ -13,10 +13,11 @@
 //! compromise would want next: `open`, `socket`, `execve`, `fork`/`clone`, `ptrace`, other
 //! ioctls (no new KVM VMs, no `TIOCSTI`), `mprotect`/`mmap` making memory executable.
 //!
-//! [`SeccompMode::Enforce`] (the default) kills the whole process on a denied call
-//! (`SECCOMP_RET_KILL_PROCESS`, as Firecracker does): a VMM thread making such a call is either
-//! compromised or has a bug, and neither may go on; `hearth run` reconciles leftovers at its next
-//! start. [`SeccompMode::Log`] lets the call through and has the kernel log it (audit records
+//! [`SeccompMode::Enforce`] (the default) ends the whole process on a denied call, as Firecracker
+//! does: the call traps (`SECCOMP_RET_TRAP`), and the `SIGSYS` handler writes the call's number
+//! to stderr and exits with status [`DENIED_EXIT_STATUS`] (`_exit`, nothing else runs). A VMM
+//! thread making such a call is either compromised or has a bug, and neither may go on;
+//! `hearth run` reconciles leftovers at its next start. [`SeccompMode::Log`] lets the call through and has the kernel log it (audit records
 //! `type=1326` in the kernel log: how to find a missing entry), [`SeccompMode::Off`] installs
 //! nothing (debugging only).
 
@@ -31,7 +32,7 @@ use seccompiler::{
 /// What a thread's filter does with a call that is not on its allowlist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SeccompMode {
-    /// Kill the process (`SECCOMP_RET_KILL_PROCESS`).
+    /// End the process (`SECCOMP_RET_TRAP`, then the `SIGSYS` handler reports the call and exits).
     #[default]
     Enforce,
     /// Allow it and have the kernel log it (`SECCOMP_RET_LOG`).
@@ -104,6 +105,15 @@ pub enum SeccompError {
         #[source]
         source: seccompiler::BackendError,
     },
+    /// The SIGSYS handler could not be installed.
+    #[error("installing the SIGSYS handler for the {kind:?} seccomp filter: {source}")]
+    Handler {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// sigaction's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The kernel refused the filter.
     #[error("installing the {kind:?} seccomp filter: {source}")]
     Install {
@@ -121,13 +131,76 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
     let Some(program) = program(kind, mode)? else {
         return Ok(());
     };
+    install_sigsys_handler().map_err(|source| SeccompError::Handler { kind, source })?;
     seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install { kind, source })
+}
+
+/// The exit status of a process whose VMM thread made a denied call (Firecracker's, too).
+pub const DENIED_EXIT_STATUS: i32 = 148;
+
+/// Offset of `si_syscall` in the kernel's `siginfo_t` for `SIGSYS` on x86_64: `si_signo`,
+/// `si_errno`, `si_code` (3 × 4 bytes, padded to 16), then `_sigsys { void *_call_addr; int
+/// _syscall; unsigned _arch; }`.
+const SI_SYSCALL_OFFSET: usize = 24;
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe only: no allocation, no locks; write(2) and _exit(2) are on every
+    // filter's allowlist.
+    let nr = if info.is_null() {
+        -1
+    } else {
+        // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO handler; for SIGSYS
+        // raised by seccomp, si_syscall is the int at SI_SYSCALL_OFFSET, inside the struct.
+        unsafe {
+            std::ptr::read_unaligned((info as *const u8).add(SI_SYSCALL_OFFSET) as *const i32)
+        }
+    };
+    let mut msg = *b"hearth-vmm: seccomp: a VMM thread made the denied system call           ; stopping the process (HEARTH_SECCOMP=log to find it, see README)\n";
+    let prefix = b"hearth-vmm: seccomp: a VMM thread made the denied system call ".len();
+    let mut digits = [b' '; 10];
+    let mut n = i64::from(nr).unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    msg[prefix..prefix + digits.len()].copy_from_slice(&digits);
+    // SAFETY: write(2) of a valid stack buffer to fd 2, then _exit(2): both async-signal-safe.
+    unsafe {
+        libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
+        libc::_exit(DENIED_EXIT_STATUS);
+    }
+}
+
+/// Installs [`on_sigsys`] once per process.
+fn install_sigsys_handler() -> std::io::Result<()> {
+    static RESULT: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    let r = RESULT.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is a valid value to fill in; the handler is an
+        // `extern "C"` fn with the SA_SIGINFO signature and only calls async-signal-safe
+        // functions; sigaction reads the struct and writes no memory of ours (oldact is null).
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_sigsys as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut act.sa_mask);
+            if libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+            }
+        }
+        Ok(())
+    });
+    r.map_err(std::io::Error::from_raw_os_error)
 }
 
 /// The compiled BPF program for `kind` in `mode` (`None` for [`SeccompMode::Off`]).
 pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
-        SeccompMode::Enforce => SeccompAction::KillProcess,
+        SeccompMode::Enforce => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
         SeccompMode::Off => return Ok(None),
     };
