@@ -49,14 +49,7 @@ pub async fn docker_steps_full_clone(h: &E2e) {
 }
 
 pub async fn cli_step_legacy_path_with_tags(h: &E2e) {
-    let id = h.submit("cli-step.json");
-    h.work(1, 1, h.timing().job_limit).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
+    let id = h.run_to_completion("cli-step.json").await;
     let logs = h.normalized_logs(id);
     assert_eq!(logs[0], h.workspace_entry());
     let rest = check_git(&logs[1..], "repository", &h.git.head, &["--tags"], &[]);
@@ -99,14 +92,7 @@ pub async fn cli_step_legacy_path_with_tags(h: &E2e) {
 }
 
 pub async fn shallow_clone_of_an_older_commit(h: &E2e) {
-    let id = h.submit("shallow.json");
-    h.work(1, 1, h.timing().job_limit).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
+    let id = h.run_to_completion("shallow.json").await;
     let logs = h.normalized_logs(id);
     let rest = check_git(
         &logs[1..],
@@ -140,14 +126,7 @@ pub async fn shallow_clone_of_an_older_commit(h: &E2e) {
 }
 
 pub async fn sparse_checkout_fetches_only_the_patterns(h: &E2e) {
-    let id = h.submit("sparse.json");
-    h.work(1, 1, h.timing().job_limit).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
+    let id = h.run_to_completion("sparse.json").await;
     let logs = h.normalized_logs(id);
     let rest = check_git(
         &logs[1..],
@@ -176,14 +155,7 @@ pub async fn sparse_checkout_fetches_only_the_patterns(h: &E2e) {
 }
 
 pub async fn files_are_written_with_mode_and_mtime(h: &E2e) {
-    let id = h.submit("files.json");
-    h.work(1, 1, h.timing().job_limit).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
+    let id = h.run_to_completion("files.json").await;
     let logs = h.normalized_logs(id);
     let s0 = script(id, 0, "");
     let mut expected = vec![
@@ -312,14 +284,7 @@ pub async fn files_store_content_is_fetched_with_the_job_token(h: &E2e) {
 }
 
 pub async fn redacted_values_never_leave_the_process(h: &E2e) {
-    let id = h.submit("redaction.json");
-    h.work(1, 1, h.timing().job_limit).await;
-    assert_eq!(
-        h.record(id).state,
-        JobState::Completed,
-        "{:?}",
-        h.record(id)
-    );
+    let id = h.run_to_completion("redaction.json").await;
     let raw = h.logs(id);
     let all = serde_json::to_string(&raw).unwrap();
     assert!(!all.contains("pa55word-xyz"), "{all}");

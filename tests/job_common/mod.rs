@@ -17,7 +17,7 @@ use hearth::job::logs::SinkOptions;
 use hearth::job::runner::{JobRunner, RunnerOptions};
 use hearth::queue::client::{QueueClient, RetryPolicy};
 use hearth::queue::embedded::{self, EmbeddedQueue};
-use hearth::queue::store::{JobRecord, StoreOptions};
+use hearth::queue::store::{JobRecord, JobState, StoreOptions};
 use hearth::queue::types::{ExecutionLogEntry, Job};
 use hearth::queue::worker::{self, WorkerOptions, WorkerSummary};
 use hearth::sandbox::process::{ProcessIsolation, ProcessOptions};
@@ -237,6 +237,16 @@ impl E2e {
         let job = self.load(name);
         let queue = job.queue.clone().unwrap_or_else(|| "batches".into());
         self.queue.store.submit(&queue, &job).unwrap()
+    }
+
+    /// Submits the corpus job `name`, runs one worker until it is handled and checks that it
+    /// completed; returns its id.
+    pub async fn run_to_completion(&self, name: &str) -> i64 {
+        let id = self.submit(name);
+        self.work(1, 1, self.timing().job_limit).await;
+        let rec = self.record(id);
+        assert_eq!(rec.state, JobState::Completed, "{name}: {rec:?}");
+        id
     }
 
     /// Runs a worker until it has handled `jobs` jobs.
