@@ -8,6 +8,7 @@ pub mod cases;
 pub mod expect;
 pub mod files_frontend;
 pub mod git_server;
+pub mod load;
 pub mod local_agent;
 pub mod vm;
 

@@ -115,6 +115,24 @@ where
     say!("{name}: passed in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// [`run_case`] for a case that takes the [`E2e`] by value (it moves parts of it, e.g. stops
+/// its queue server).
+pub fn run_owned_case<F, Fut>(name: &str, case: F)
+where
+    F: FnOnce(E2e) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _one = one_at_a_time();
+    say!("{name}: starting");
+    let artifacts = artifacts();
+    let rt = runtime();
+    let started = Instant::now();
+    let h = rt.block_on(E2e::start_with(setup(artifacts)));
+    let _watchdog = Watchdog::new(name, CASE_DEADLINE, h.queue.store.clone());
+    rt.block_on(case(h));
+    say!("{name}: passed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
 /// Aborts the test binary with diagnostics when a case runs over its deadline.
 pub struct Watchdog {
     done: Arc<AtomicBool>,
