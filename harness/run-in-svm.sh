@@ -161,13 +161,17 @@ size_mb=$(( $(stat -c %s "$stage/initramfs.cpio") / 1048576 ))
 log "initramfs ${size_mb} MiB packed in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s; booting the outer machine (limit ${timeout_s} s)"
 [ $((size_mb * 2 + 1024)) -lt "$mem" ] || fail "outer memory ${mem} MiB is too small for a ${size_mb} MiB initramfs; raise --mem"
 
+# softlockup_panic: the outer kernel (6.1 KVM under TCG) has been seen to spin in a vCPU thread's
+# KVM_RUN for minutes ("soft lockup - CPU#N stuck", both CPUs, no progress at all). With the
+# watchdog at 30 s a CPU stuck for 60 s panics the outer machine, which callers see as an
+# infrastructure failure (status 125, "Kernel panic") in a minute instead of at the time limit.
 serial="$stage/serial.log"
 set +e
 timeout -k 10 "$timeout_s" qemu-system-x86_64 \
     -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
     -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 rdinit=/init" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init" \
     </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
 qemu_rc=${PIPESTATUS[0]}
 set -e

@@ -93,7 +93,8 @@ for t in "${tests[@]}"; do
     log "running $name ($exe) in $mode mode"
     start=$(date +%s)
     # The outer machine's kernel (Debian 6.1 running nested SVM under TCG) has been seen to crash
-    # on its own (a stack-guard-page hit in its page-fault path while a vCPU thread ran): an
+    # on its own (a stack-guard-page hit in its page-fault path while a vCPU thread ran; a vCPU
+    # thread spinning in KVM_RUN for minutes, which run-in-svm.sh turns into a panic): an
     # infrastructure failure, not the test's (seen once per suite run in two runs, each time in a
     # hearth vCPU thread; a suite boots ~40 guests under hearth and 2 under QEMU, so whether
     # hearth's way of driving KVM provokes it is open: see BENCHMARKS.md). Such a run
