@@ -104,15 +104,7 @@ pub fn run_case<F>(name: &str, case: F)
 where
     F: for<'a> FnOnce(&'a E2e) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>,
 {
-    let _one = one_at_a_time();
-    say!("{name}: starting");
-    let artifacts = artifacts();
-    let rt = runtime();
-    let started = Instant::now();
-    let h = rt.block_on(E2e::start_with(setup(artifacts)));
-    let _watchdog = Watchdog::new(name, CASE_DEADLINE, h.queue.store.clone());
-    rt.block_on(case(&h));
-    say!("{name}: passed in {:.1} s", started.elapsed().as_secs_f64());
+    run_owned_case(name, |h| async move { case(&h).await });
 }
 
 /// [`run_case`] for a case that takes the [`E2e`] by value (it moves parts of it, e.g. stops
