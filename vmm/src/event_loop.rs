@@ -45,6 +45,14 @@ impl MutEventSubscriber for Waker {
     }
 }
 
+/// Raises again each of `irqs` the guest left unacknowledged for [`IRQ_RECHECK`] (run after
+/// every wait of the loop, at most [`MAX_WAIT`] apart).
+pub(crate) fn repeat_unacknowledged(irqs: &[Arc<IrqTrigger>]) {
+    for irq in irqs {
+        irq.repeat_if_unacknowledged(IRQ_RECHECK);
+    }
+}
+
 /// Starts the event loop thread with `subscribers`; at `deadline` the VM is stopped with
 /// [`VmExit::DeadlineExceeded`]. The thread installs the `seccomp` filter first. Between waits
 /// it raises again any of `virtio_irqs` the guest left unacknowledged.
@@ -82,9 +90,7 @@ pub fn spawn(
                 if let Err(e) = em.run_with_timeout(ms) {
                     control.request_exit(VmExit::Error(format!("event loop: {e:?}")));
                 }
-                for irq in &virtio_irqs {
-                    irq.repeat_if_unacknowledged(IRQ_RECHECK);
-                }
+                repeat_unacknowledged(&virtio_irqs);
             }
             tracing::debug!("event loop stops");
         })

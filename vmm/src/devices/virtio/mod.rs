@@ -107,6 +107,12 @@ impl IrqTrigger {
         self.irqfd.write(1).is_ok()
     }
 
+    /// How long ago the irqfd was last signalled (raised or raised again).
+    pub fn since_last_raised(&self) -> Duration {
+        let last = self.last_raised_ns.load(Ordering::SeqCst);
+        Duration::from_nanos(monotonic_ns().saturating_sub(last))
+    }
+
     /// How often the interrupt was raised again for lack of an acknowledgement.
     pub fn repeats(&self) -> u64 {
         self.repeats.load(Ordering::Relaxed)

@@ -33,20 +33,12 @@ const TOKEN_BACKEND: u32 = 101;
 const TOKEN_TIMER: u32 = 102;
 /// While connections wait for the guest's RST, the timer re-checks this often.
 const CLOSING_RECHECK: Duration = Duration::from_millis(250);
-/// An interrupt the guest has not acknowledged (InterruptStatus still set) this long after we
-/// raised it is raised again. Seen under nested virtualization: the status stayed set for a
-/// minute while the guest waited, idle, for the completion it announced (a lost edge), and the
-/// stream never resumed. The guest's handler reads and acknowledges the status, so a repeated
-/// edge for a still-set status is always handled, never spurious.
-const IRQ_RECHECK: Duration = Duration::from_millis(200);
 
 struct Active {
     mem: GuestMemory,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
     irq: Arc<IrqTrigger>,
-    /// When we last raised the interrupt.
-    last_irq: Instant,
 }
 
 /// The vsock device (guest side of the transport). Create it with [`Vsock::new`], put it behind
@@ -63,8 +55,6 @@ pub struct Vsock {
     timer: TimerFd,
     /// When the timer is due, if armed.
     timer_due: Option<Instant>,
-    /// Interrupts raised again because the guest had not acknowledged them.
-    irq_repeats: u64,
     pending_activation: Option<ActivateArgs>,
     active: Option<Active>,
     /// Queue eventfds of a reset device, to be removed from the event loop.
@@ -98,7 +88,6 @@ impl Vsock {
             backend: backend.clone(),
             timer: TimerFd::new().map_err(|e| VsockError::TimerFd(e.into()))?,
             timer_due: None,
-            irq_repeats: 0,
             pending_activation: None,
             active: None,
             stale_evts: Vec::new(),
@@ -126,8 +115,9 @@ impl Vsock {
         self.active.is_some()
     }
 
-    fn signal_interrupt(active: &mut Active) {
-        active.last_irq = Instant::now();
+    /// Raises the used-ring interrupt. One the guest leaves unacknowledged is raised again by
+    /// the event loop ([`IrqTrigger::repeat_if_unacknowledged`]), for every virtio device.
+    fn signal_interrupt(active: &Active) {
         if let Err(e) = active.irq.trigger(IrqKind::Vring) {
             tracing::warn!(error = %e, "vsock: failed to signal the used-ring interrupt");
         }
@@ -182,7 +172,6 @@ impl Vsock {
             queues: args.queues,
             queue_evts: args.queue_evts,
             irq: args.irq,
-            last_irq: Instant::now(),
         });
         tracing::debug!(cid = self.guest_cid, "vsock: activated");
         // Anything the host asked for before the driver came up, and anything the guest queued.
@@ -197,29 +186,6 @@ impl Vsock {
         if self.timer_due.is_none_or(|due| due > at) {
             self.arm_timer(Some(after));
         }
-    }
-
-    /// Raises the interrupt again if the guest has not acknowledged it for [`IRQ_RECHECK`];
-    /// returns when to look again (`None`: nothing unacknowledged).
-    fn repeat_unacknowledged_irq(&mut self) -> Option<Duration> {
-        let active = self.active.as_mut()?;
-        if active.irq.status() == 0 {
-            return None;
-        }
-        let age = active.last_irq.elapsed();
-        if age < IRQ_RECHECK {
-            return Some(IRQ_RECHECK - age);
-        }
-        self.irq_repeats += 1;
-        if self.irq_repeats.is_power_of_two() {
-            tracing::warn!(
-                repeats = self.irq_repeats,
-                unacknowledged_ms = age.as_millis() as u64,
-                "vsock: the guest did not acknowledge an interrupt; raising it again"
-            );
-        }
-        Self::signal_interrupt(active);
-        Some(IRQ_RECHECK)
     }
 
     /// Arm the one-shot timer for `after`, or disarm it.
@@ -245,8 +211,8 @@ impl Vsock {
                 out.push_str(&format!(
                     "irq status {:#x}, last raised {:?} ago, raised again {} times\n",
                     active.irq.status(),
-                    active.last_irq.elapsed(),
-                    self.irq_repeats
+                    active.irq.since_last_raised(),
+                    active.irq.repeats()
                 ));
                 for (name, q) in [("rx", RX_QUEUE), ("tx", TX_QUEUE)] {
                     let queue = &active.queues[q];
@@ -385,9 +351,6 @@ impl MutEventSubscriber for Vsock {
                     self.muxer.sweep(Instant::now(), true);
                     rearm = self.muxer.has_closing().then_some(CLOSING_RECHECK);
                 }
-                if let Some(d) = self.repeat_unacknowledged_irq() {
-                    rearm = Some(rearm.map_or(d, |r: Duration| r.min(d)));
-                }
                 self.arm_timer(rearm);
             }
             TOKEN_BACKEND => {
@@ -425,9 +388,6 @@ impl MutEventSubscriber for Vsock {
             self.run_rx();
             if self.muxer.take_closing_started() {
                 self.arm_timer_by(SHUTDOWN_TIMEOUT + CLOSING_RECHECK);
-            }
-            if self.active.as_ref().is_some_and(|a| a.irq.status() != 0) {
-                self.arm_timer_by(IRQ_RECHECK);
             }
         }
     }

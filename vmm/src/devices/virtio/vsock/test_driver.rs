@@ -192,11 +192,15 @@ impl Harness {
         let dev = Arc::new(Mutex::new(dev));
         let mut em = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
         em.add_subscriber(dev.clone());
+        let irq = Arc::new(IrqTrigger::new().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let irqs = vec![irq.clone()];
+        // As the VMM's event loop: serve events, then raise unacknowledged interrupts again.
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 em.run_with_timeout(10).unwrap();
+                crate::event_loop::repeat_unacknowledged(&irqs);
             }
         });
         let rx = DriverQueue::new(0x1_0000, 0x10_0000);
@@ -204,7 +208,6 @@ impl Harness {
         let kicks: Vec<EventFd> = (0..NUM_QUEUES)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
-        let irq = Arc::new(IrqTrigger::new().unwrap());
         let args = ActivateArgs {
             mem: mem.clone(),
             queues: vec![
