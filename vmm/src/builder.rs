@@ -231,6 +231,7 @@ impl VmBuilder {
         let mem = ram.memory().clone();
         let kvm_vm = KvmVm::create(&mem)?;
         let base_cpuid = cpuid::supported(&kvm_vm.kvm).map_err(VmError::Cpuid)?;
+        control.stamp(|s| &mut s.kvm_vm_created);
 
         let console_file = match &self.console_log {
             Some(p) => Some(File::create(p).map_err(|source| VmError::File {
@@ -283,6 +284,7 @@ impl VmBuilder {
             None => None,
         };
 
+        control.stamp(|s| &mut s.kernel_load_start);
         let boot = match (&self.kernel, &self.real_mode_code) {
             (Some(k), _) => load_linux(&mem, k, &cmdline, self.vcpus)?,
             (None, Some(code)) => {
@@ -294,6 +296,7 @@ impl VmBuilder {
             }
             (None, None) => return Err(VmError::Config("no kernel".into())),
         };
+        control.stamp(|s| &mut s.kernel_loaded);
 
         vcpu::install_kick_handler()?;
         let mut vcpu_fds = Vec::new();

@@ -11,6 +11,11 @@ pub struct BootTimings {
     pub process_start_to_build: Option<Duration>,
     /// From `start()` until KVM VM, memory, kernel and devices were set up.
     pub build_to_vm_created: Option<Duration>,
+    /// Part of `build_to_vm_created`: from `start()` until guest RAM was mapped and the KVM VM
+    /// created.
+    pub build_to_kvm_vm: Option<Duration>,
+    /// Part of `build_to_vm_created`: loading the kernel and its boot information.
+    pub kernel_load: Option<Duration>,
     /// From VM creation to vCPU 0's first KVM_RUN.
     pub vm_created_to_kernel_entry: Option<Duration>,
     /// From kernel entry to the agent's ready signal.
@@ -29,6 +34,8 @@ impl BootTimings {
         Self {
             process_start_to_build: between(process_start, Some(build)),
             build_to_vm_created: between(Some(build), s.vm_created),
+            build_to_kvm_vm: between(Some(build), s.kvm_vm_created),
+            kernel_load: between(s.kernel_load_start, s.kernel_loaded),
             vm_created_to_kernel_entry: between(s.vm_created, s.kernel_entry),
             kernel_entry_to_agent_ready: between(s.kernel_entry, s.agent_ready),
             build_to_agent_ready: between(Some(build), s.agent_ready),
@@ -44,9 +51,11 @@ impl std::fmt::Display for BootTimings {
         };
         write!(
             f,
-            "process start→build {}, build→VM created {}, VM created→kernel entry {}, kernel entry→agent ready {}, build→agent ready {}",
+            "process start→build {}, build→VM created {} (of it RAM + KVM VM {}, kernel load {}), VM created→kernel entry {}, kernel entry→agent ready {}, build→agent ready {}",
             ms(self.process_start_to_build),
             ms(self.build_to_vm_created),
+            ms(self.build_to_kvm_vm),
+            ms(self.kernel_load),
             ms(self.vm_created_to_kernel_entry),
             ms(self.kernel_entry_to_agent_ready),
             ms(self.build_to_agent_ready)
@@ -94,12 +103,17 @@ mod tests {
     fn phases_are_differences() {
         let b = Instant::now();
         let stamps = Stamps {
+            kvm_vm_created: Some(b + Duration::from_millis(1)),
+            kernel_load_start: Some(b + Duration::from_millis(2)),
+            kernel_loaded: Some(b + Duration::from_millis(4)),
             vm_created: Some(b + Duration::from_millis(5)),
             kernel_entry: Some(b + Duration::from_millis(7)),
             agent_ready: None,
         };
         let t = BootTimings::from_stamps(None, b, &stamps);
         assert_eq!(t.build_to_vm_created, Some(Duration::from_millis(5)));
+        assert_eq!(t.build_to_kvm_vm, Some(Duration::from_millis(1)));
+        assert_eq!(t.kernel_load, Some(Duration::from_millis(2)));
         assert_eq!(t.vm_created_to_kernel_entry, Some(Duration::from_millis(2)));
         assert_eq!(t.kernel_entry_to_agent_ready, None);
         assert!(t.to_string().contains("kernel entry→agent ready -"));

@@ -12,6 +12,12 @@ use crate::VmExit;
 /// Timestamps of the boot phases.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stamps {
+    /// Guest RAM is mapped and the KVM VM (memory slots, irqchip, PIT) exists.
+    pub kvm_vm_created: Option<Instant>,
+    /// The kernel started loading into guest RAM (devices are set up by then).
+    pub kernel_load_start: Option<Instant>,
+    /// The kernel and its boot information are in guest RAM.
+    pub kernel_loaded: Option<Instant>,
     /// The VM (memory, devices, vCPUs) is set up.
     pub vm_created: Option<Instant>,
     /// vCPU 0 entered the guest for the first time.
