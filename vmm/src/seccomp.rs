@@ -224,8 +224,16 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
     common(&mut r)?;
     match kind {
         ThreadKind::Vcpu => {
-            // KVM_RUN is the only ioctl: no other vCPU or VM ioctl, and none on other fds.
-            r.insert(libc::SYS_ioctl, vec![arg_eq(1, KVM_RUN)?]);
+            // KVM_RUN, plus reading the vCPU's registers for the report of a guest that
+            // triple-faulted: no other vCPU or VM ioctl, and none on other fds.
+            r.insert(
+                libc::SYS_ioctl,
+                vec![
+                    arg_eq(1, KVM_RUN)?,
+                    arg_eq(1, KVM_GET_REGS)?,
+                    arg_eq(1, KVM_GET_SREGS)?,
+                ],
+            );
         }
         ThreadKind::EventLoop => {
             for nr in [
@@ -253,6 +261,10 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
 
 /// `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+/// `_IOR(KVMIO, 0x81, struct kvm_regs)` (144 bytes): read-only.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+/// `_IOR(KVMIO, 0x83, struct kvm_sregs)` (312 bytes): read-only.
+const KVM_GET_SREGS: u64 = 0x8138_ae83;
 
 /// What every filtered thread needs: logging and eventfd I/O, locks, sleeping, the allocator,
 /// signals for the vCPU kick, thread exit.

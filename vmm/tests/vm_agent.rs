@@ -51,15 +51,62 @@ async fn client(vm: &Vm) -> Client {
     }
 }
 
-/// Why a VM's agent connection may have failed: the VM's exit (if it stopped), the vsock state
-/// and the console tail.
+/// Why a VM's agent connection may have failed: the VM's exit (if it stopped), the vsock state,
+/// the process's threads and the console tail.
 async fn failure_report(vm: &Vm) -> String {
     format!(
-        "VM exit: {:?}\n--- vsock device ---\n{}\n--- console tail ---\n{}",
+        "VM exit: {:?}\n--- vsock device ---\n{}\n--- threads ---\n{}\n--- console tail ---\n{}",
         vm.exit(),
         vsock_state(vm).await,
+        thread_activity().await,
         vm.console_tail()
     )
+}
+
+/// Every thread of this process with its scheduler state, kernel wait channel and the CPU time
+/// it used over one second. Tells a guest that is idle (its vCPU thread sleeping in the host
+/// kernel) from one whose vCPU thread spins in KVM_RUN without returning (seen in the harness's
+/// outer kernel: the guest then looks silent to the devices too).
+async fn thread_activity() -> String {
+    fn snapshot() -> Vec<(String, String, String, u64)> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return out;
+        };
+        for t in dir.flatten() {
+            let p = t.path();
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+            // Fields after "(comm) ": state is the 1st, utime and stime the 12th and 13th.
+            let rest: Vec<&str> = stat
+                .rsplit_once(") ")
+                .map(|(_, r)| r.split(' ').collect())
+                .unwrap_or_default();
+            let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            out.push((
+                t.file_name().to_string_lossy().into_owned(),
+                format!("{} {}", comm.trim(), rest.first().copied().unwrap_or("?")),
+                wchan,
+                ticks(11) + ticks(12),
+            ));
+        }
+        out
+    }
+    let before = snapshot();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = snapshot();
+    let mut text = String::new();
+    for (tid, name, wchan, ticks) in after {
+        let used = before
+            .iter()
+            .find(|b| b.0 == tid)
+            .map(|b| ticks.saturating_sub(b.3));
+        text.push_str(&format!(
+            "{tid} {name} wchan {wchan} cpu ticks in 1 s: {used:?}\n"
+        ));
+    }
+    text
 }
 
 /// The vsock device's state (queues, interrupt status, connections) for a stall report.
@@ -130,10 +177,13 @@ fn hundred_mib_of_output_streams_through() {
             rt().block_on(async {
                 let c = client(&vm).await;
                 let start = Instant::now();
-                let mut s = c
+                let mut s = match c
                     .exec(ExecSpec::script("head -c 104857600 /dev/zero"))
                     .await
-                    .unwrap();
+                {
+                    Ok(s) => s,
+                    Err(e) => panic!("exec failed: {e}\n{}", failure_report(&vm).await),
+                };
                 let mut total = 0usize;
                 let mut nonzero = false;
                 let mut status = None;
@@ -147,15 +197,25 @@ fn hundred_mib_of_output_streams_through() {
                         Ok(n) => n,
                         Err(_) => {
                             let state = vsock_state(&vm).await;
+                            let threads = thread_activity().await;
                             panic!(
                                 "no output for {stall_limit:?} after {} KiB: the stream stalled\n\
-                             --- vsock device ---\n{state}\n--- console tail ---\n{}",
+                             --- vsock device ---\n{state}\n--- threads ---\n{threads}\n\
+                             --- console tail ---\n{}",
                                 total >> 10,
                                 vm.console_tail()
                             )
                         }
                     };
-                    let Some(ev) = next.unwrap() else { break };
+                    let ev = match next {
+                        Ok(Some(ev)) => ev,
+                        Ok(None) => break,
+                        Err(e) => panic!(
+                            "exec stream failed after {} KiB: {e}\n{}",
+                            total >> 10,
+                            failure_report(&vm).await
+                        ),
+                    };
                     let gap = last.elapsed();
                     last = Instant::now();
                     worst = worst.max(gap);

@@ -177,6 +177,9 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, buses: &Buses, control: &VmControl) {
         match vcpu.run() {
             Ok(exit) => {
                 if let Some(e) = dispatch(exit, id, buses) {
+                    if e == VmExit::TripleFault {
+                        log_triple_fault(vcpu, id);
+                    }
                     control.request_exit(e);
                 }
             }
@@ -185,6 +188,32 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, buses: &Buses, control: &VmControl) {
         }
     }
     tracing::debug!(id, "vCPU thread stops");
+}
+
+/// Logs where the guest was when it triple-faulted (no guest output explains a triple fault:
+/// the registers are the only trace).
+fn log_triple_fault(vcpu: &VcpuFd, id: u8) {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => tracing::warn!(
+            id,
+            rip = format_args!("{:#x}", r.rip),
+            rsp = format_args!("{:#x}", r.rsp),
+            rflags = format_args!("{:#x}", r.rflags),
+            cr0 = format_args!("{:#x}", s.cr0),
+            cr2 = format_args!("{:#x}", s.cr2),
+            cr3 = format_args!("{:#x}", s.cr3),
+            cr4 = format_args!("{:#x}", s.cr4),
+            efer = format_args!("{:#x}", s.efer),
+            cs = format_args!("{:#x}", s.cs.selector),
+            idt = format_args!("{:#x}/{:#x}", s.idt.base, s.idt.limit),
+            gdt = format_args!("{:#x}/{:#x}", s.gdt.base, s.gdt.limit),
+            tr = format_args!("{:#x}", s.tr.base),
+            "guest triple fault: vCPU state"
+        ),
+        (r, s) => {
+            tracing::warn!(id, regs = ?r.err(), sregs = ?s.err(), "guest triple fault: vCPU state unreadable")
+        }
+    }
 }
 
 /// Handles one exit; returns the VM exit it causes, if any.

@@ -178,6 +178,7 @@ impl Connection {
         }
         match Op::from_wire(hdr.op) {
             Some(Op::Rst) => {
+                tracing::debug!(key = ?self.key, "vsock: guest reset the connection");
                 self.fail_connect(VsockError::ConnectionRefused {
                     port: self.key.peer_port,
                 });
@@ -231,6 +232,7 @@ impl Connection {
             self.state,
             ConnState::Established | ConnState::Closing { .. }
         ) {
+            tracing::debug!(key = ?self.key, "vsock: data before the connection was established, resetting");
             self.reset(wakers);
             return;
         }
@@ -273,6 +275,7 @@ impl Connection {
     }
 
     fn on_shutdown(&mut self, flags: u32, wakers: &mut Vec<Waker>) {
+        tracing::debug!(key = ?self.key, flags, "vsock: guest shut the connection down");
         let mut data = self.shared.lock();
         if flags & SHUTDOWN_RCV != 0 {
             data.peer_done_receiving = true;

@@ -169,7 +169,14 @@ impl Muxer {
         match op {
             Some(Op::Request) => self.accept_from_guest(hdr, key),
             Some(Op::Rst) => {}
-            _ => self.queue_orphan_rst(hdr),
+            _ => {
+                tracing::debug!(
+                    ?key,
+                    op = hdr.op,
+                    "vsock: packet for no connection, answering RST"
+                );
+                self.queue_orphan_rst(hdr);
+            }
         }
     }
 
@@ -230,6 +237,7 @@ impl Muxer {
                         .map(|c| c.key)
                         .collect();
                     for key in abandoned {
+                        tracing::debug!(?key, "vsock: connect abandoned by the host, resetting");
                         if let Some(conn) = self.conns.get_mut(&key) {
                             conn.reset(&mut self.wakers);
                         }
@@ -332,6 +340,10 @@ impl Muxer {
             .map(|c| c.key)
             .collect();
         for key in expired {
+            tracing::debug!(
+                ?key,
+                "vsock: the guest did not answer our shutdown, resetting"
+            );
             if let Some(conn) = self.conns.get_mut(&key) {
                 conn.reset(&mut self.wakers);
             }
