@@ -7,7 +7,8 @@
 # with the shared libraries `ldd` lists. --file copies files or directory trees at their own
 # absolute paths. The program runs as root with /dev/kvm, /dev/vhost-vsock and AF_VSOCK available;
 # its stdout+stderr stream to ours, and our exit status is its exit status.
-# Exit statuses of our own: 124 time limit hit, 125 harness failure (reason on stderr).
+# Exit statuses of our own: 124 time limit hit or the outer machine stalled (no heartbeat for
+# HEARTH_SVM_STALL_SECS, default 120), 125 harness failure (reason on stderr).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -143,6 +144,9 @@ stty -F /dev/console -opost 2>/dev/null
 hostname hearth-svm
 ip link set lo up 2>/dev/null
 report() { echo; echo "HEARTH_HARNESS_${nonce}_EXIT=\$1"; sync; poweroff -f; }
+# Heartbeat on the second serial port (a file on the host): the host kills a machine whose
+# heartbeat stops, which happens only when the emulated machine as a whole makes no progress.
+[ -e /dev/ttyS1 ] && (while :; do echo beat; sleep 10; done >/dev/ttyS1 2>/dev/null &)
 while read -r m; do
     insmod /harness/modules/\$m || { echo "[svm-harness] ERROR: insmod \$m failed" >&2; report 125; }
 done </harness/modules/modules.list
@@ -165,16 +169,45 @@ log "initramfs ${size_mb} MiB packed in $(printf '%.1f' "$(echo "$(date +%s.%N) 
 # KVM_RUN for minutes ("soft lockup - CPU#N stuck", both CPUs, no progress at all). With the
 # watchdog at 30 s a CPU stuck for 60 s panics the outer machine, which callers see as an
 # infrastructure failure (status 125, "Kernel panic") in a minute instead of at the time limit.
-serial="$stage/serial.log"
+# The heartbeat watchdog: the outer init writes a line to ttyS1 (the file $heartbeat) every 10 s.
+# The emulated machine has been seen to freeze as a whole (no console output, no soft-lockup
+# watchdog firing, QEMU busy at 100 % CPU per vCPU, e.g. 2026-12-02 17:44 in a boot bench); then
+# the heartbeat stops and the run is ended after $stall_s s instead of at the time limit.
+serial="$stage/serial.log" heartbeat="$stage/heartbeat.log" stall_s="${HEARTH_SVM_STALL_SECS:-120}"
+: >"$heartbeat"
+watch_heartbeat() {
+    local last_size=0 last_change now size
+    last_change=$(date +%s)
+    while sleep 5; do
+        size=$(stat -c %s "$heartbeat" 2>/dev/null || echo 0) now=$(date +%s)
+        if [ "$size" != "$last_size" ]; then last_size=$size last_change=$now; continue; fi
+        # Armed by the first beat (the outer kernel's boot comes before it).
+        if [ "$size" -gt 0 ] && [ $((now - last_change)) -ge "$stall_s" ]; then
+            echo "$((now - last_change))" >"$stage/stalled"
+            [ -s "$stage/qemu.pid" ] && kill "$(cat "$stage/qemu.pid")" 2>/dev/null
+            return
+        fi
+    done
+}
+watch_heartbeat &
+watchdog_pid=$!
 set +e
 timeout -k 10 "$timeout_s" qemu-system-x86_64 \
     -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+    -chardev "file,id=heartbeat,path=$heartbeat" -device isa-serial,chardev=heartbeat,index=1 \
+    -pidfile "$stage/qemu.pid" \
     -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init" \
     </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
 qemu_rc=${PIPESTATUS[0]}
+kill "$watchdog_pid" 2>/dev/null; wait "$watchdog_pid" 2>/dev/null
 set -e
+if [ -e "$stage/stalled" ]; then
+    tail -c 2000 "$serial" >&2
+    echo "[svm-harness] ERROR: the outer machine made no progress for $(cat "$stage/stalled") s (no heartbeat: the emulated machine froze, an infrastructure failure); killed" >&2
+    exit 124
+fi
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
     echo "[svm-harness] ERROR: time limit of ${timeout_s} s reached; outer machine killed" >&2
     exit 124

@@ -124,6 +124,14 @@ for t in "${tests[@]}"; do
             retried+=("$name")
             continue
         fi
+        # The emulated machine froze as a whole (its heartbeat stopped, run-in-svm.sh killed it
+        # after 2 minutes): infrastructure, retried like a crash.
+        if [ "$mode" = svm ] && [ "$rc" = 124 ] && [ "$attempt" -lt 3 ] \
+            && grep -aq 'the outer machine made no progress' "$logdir/$name.log"; then
+            log "WARNING: the emulated machine froze while running $name (no heartbeat; harness infrastructure); retrying $name (attempt $((attempt + 1)) of 3)"
+            retried+=("$name (frozen)")
+            continue
+        fi
         # Every VM test has its own whole-test deadline that fails it with diagnostics well
         # within the per-binary limit; reaching the limit means those watchdogs never ran: the
         # outer machine stalled (seen a few times under load, in QEMU-only tests too). Retried
@@ -142,5 +150,5 @@ for t in "${tests[@]}"; do
     if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"
     else failed+=("$name"); log "$name FAILED with status $rc ($(elapsed_since "$start"))"; fi
 done
-log "vm test binaries: ${#passed[@]} ok (${passed[*]:-}), ${#failed[@]} failing (${failed[*]:-}), retried after an outer-kernel crash: ${retried[*]:-none}; suite took $(elapsed_since "$suite_start")"
+log "vm test binaries: ${#passed[@]} ok (${passed[*]:-}), ${#failed[@]} failing (${failed[*]:-}), retried after an outer-machine crash or freeze: ${retried[*]:-none}; suite took $(elapsed_since "$suite_start")"
 [ ${#failed[@]} -eq 0 ]
