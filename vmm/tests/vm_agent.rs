@@ -58,7 +58,7 @@ async fn failure_report(vm: &Vm) -> String {
         "VM exit: {:?}\n--- vsock device ---\n{}\n--- threads ---\n{}\n--- console tail ---\n{}",
         vm.exit(),
         vsock_state(vm).await,
-        thread_activity().await,
+        thread_activity(),
         vm.console_tail()
     )
 }
@@ -67,7 +67,7 @@ async fn failure_report(vm: &Vm) -> String {
 /// it used over one second. Tells a guest that is idle (its vCPU thread sleeping in the host
 /// kernel) from one whose vCPU thread spins in KVM_RUN without returning (seen in the harness's
 /// outer kernel: the guest then looks silent to the devices too).
-async fn thread_activity() -> String {
+fn thread_activity() -> String {
     fn snapshot() -> Vec<(String, String, String, u64)> {
         let mut out = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
@@ -94,7 +94,7 @@ async fn thread_activity() -> String {
         out
     }
     let before = snapshot();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::thread::sleep(Duration::from_secs(1));
     let after = snapshot();
     let mut text = String::new();
     for (tid, name, wchan, ticks) in after {
@@ -197,7 +197,7 @@ fn hundred_mib_of_output_streams_through() {
                         Ok(n) => n,
                         Err(_) => {
                             let state = vsock_state(&vm).await;
-                            let threads = thread_activity().await;
+                            let threads = thread_activity();
                             panic!(
                                 "no output for {stall_limit:?} after {} KiB: the stream stalled\n\
                              --- vsock device ---\n{state}\n--- threads ---\n{threads}\n\
@@ -414,7 +414,10 @@ fn twenty_boots_in_a_row_leak_nothing() {
                 runtime.block_on(async {
                     let stuck = |what: &str| -> ! {
                         panic!(
-                            "boot {i}: {what} took over {limit:?}; console tail:\n{}",
+                            "boot {i}: {what} took over {limit:?}; VM exit: {:?}\n\
+                             --- threads ---\n{}\n--- console tail ---\n{}",
+                            vm.exit(),
+                            thread_activity(),
                             vm.console_tail()
                         )
                     };

@@ -228,6 +228,9 @@ impl AsyncRead for VsockStream {
             }
             return Poll::Ready(Ok(()));
         }
+        if let Some((kind, why)) = &data.aborted {
+            return Poll::Ready(Err(io::Error::new(*kind, why.clone())));
+        }
         if data.peer_done_sending || data.closed {
             return Poll::Ready(Ok(()));
         }
@@ -246,6 +249,9 @@ impl AsyncWrite for VsockStream {
             return Poll::Ready(Ok(0));
         }
         let mut data = self.conn.lock();
+        if let Some((kind, why)) = &data.aborted {
+            return Poll::Ready(Err(io::Error::new(*kind, why.clone())));
+        }
         if data.closed || data.peer_done_receiving || data.host_shut_write {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,

@@ -131,10 +131,20 @@ impl Connection {
         self.shared.lock().close(wakers);
     }
 
-    /// End the connection without telling the guest (device reset or teardown).
+    /// End the connection without telling the guest (device reset or teardown). After a driver
+    /// reset the host stream reads what was received, then EOF (the guest ended it); when the
+    /// device is gone (the VM stopped, e.g. a guest crash) it fails instead: no guest closed it.
     pub fn abort(&mut self, err: VsockError, wakers: &mut Vec<Waker>) {
+        let aborted = matches!(err, VsockError::DeviceGone).then(|| {
+            (
+                std::io::ErrorKind::NotConnected,
+                format!("{err}: the VM stopped"),
+            )
+        });
         self.fail_connect(err);
-        self.shared.lock().close(wakers);
+        let mut data = self.shared.lock();
+        data.aborted = aborted;
+        data.close(wakers);
     }
 
     fn fail_connect(&mut self, err: VsockError) {

@@ -61,8 +61,13 @@ pub struct ConnData {
     pub peer_done_sending: bool,
     /// Guest sent SHUTDOWN(RCV) or RST: writes fail.
     pub peer_done_receiving: bool,
-    /// The connection is gone (RST, device reset): writes fail, reads drain then EOF.
+    /// The connection is gone (RST, device reset): writes fail, reads drain then EOF (or
+    /// `aborted`).
     pub closed: bool,
+    /// The connection ended without the guest closing it: the device was dropped (the VM
+    /// stopped). Reads drain, then fail with this instead of a clean EOF, so a client does not
+    /// report "the agent closed the connection" for a guest that crashed.
+    pub aborted: Option<(std::io::ErrorKind, String)>,
     /// Host called `poll_shutdown`.
     pub host_shut_write: bool,
     /// The `VsockStream` was dropped.
@@ -85,6 +90,7 @@ impl ConnData {
             peer_done_sending: false,
             peer_done_receiving: false,
             closed: false,
+            aborted: None,
             host_shut_write: false,
             host_dropped: false,
             kick_queued: false,

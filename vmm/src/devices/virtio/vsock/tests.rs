@@ -593,6 +593,30 @@ async fn dropped_device_fails_waiters() {
     assert!(matches!(handle.listen(7002), Err(VsockError::DeviceGone)));
 }
 
+/// A connection whose device goes away (the VM stopped: a guest crash, a triple fault) is not a
+/// clean end of stream: the host reads what arrived, then an error naming the device, never EOF
+/// (an EOF read as "the agent closed the connection" hid a guest triple fault in the vm_agent
+/// tests). Writes fail the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_device_fails_established_streams_instead_of_eof() {
+    let mut h = Harness::new();
+    let (mut stream, host_port) = host_connect(&mut h, 1024).await;
+    h.send(rw(1024, host_port, 5, 0), b"hello");
+    let mut buf = [0u8; 5];
+    stream.read_exact(&mut buf).await.unwrap();
+    h.send(rw(1024, host_port, 3, 0), b"end");
+    h.wait_device(|d| d.describe().contains("queued 3 rx_cnt 8"))
+        .await;
+    drop(h);
+    let mut rest = Vec::new();
+    let err = stream.read_to_end(&mut rest).await.unwrap_err();
+    assert_eq!(rest, b"end", "bytes received before the end are still read");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected, "{err}");
+    assert!(err.to_string().contains("the VM stopped"), "{err}");
+    let err = stream.write_all(b"x").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected, "{err}");
+}
+
 /// 100 MiB guest→host and 32 MiB host→guest through the device, checking integrity and timing.
 /// Slow in debug builds: `cargo test --release -p hearth-vmm vsock_throughput -- --ignored
 /// --nocapture`.
