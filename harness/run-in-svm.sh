@@ -71,8 +71,25 @@ is_static "$busybox_bin" || fail "$busybox_bin is dynamically linked; install bu
 outer="$("$here/outer-kernel.sh")" || fail "could not build the outer kernel (see above)"
 
 stage="$(mktemp -d "${TMPDIR:-/tmp}/hearth-svm-XXXXXX")"
-cleanup() { if [ "$keep" = 0 ]; then rm -rf "$stage"; else log "kept $stage"; fi; }
+# Stops the outer machine if it still runs (QEMU's pidfile; checked to be QEMU), then removes
+# the staging directory.
+stop_outer_machine() {
+    local pid
+    if [ -n "${watchdog_pid:-}" ]; then kill "$watchdog_pid" 2>/dev/null || true; fi
+    pid="$(cat "$stage/qemu.pid" 2>/dev/null)" || return 0
+    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "qemu-system.*$stage"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    return 0
+}
+cleanup() {
+    stop_outer_machine
+    if [ "$keep" = 0 ]; then rm -rf "$stage"; else log "kept $stage"; fi
+}
 trap cleanup EXIT
+trap 'echo "[svm-harness] interrupted; stopping the outer machine" >&2; exit 130' INT TERM HUP
 root="$stage/root"
 mkdir -p "$root"/{proc,sys,dev,tmp,run,harness/bin,harness/modules,usr/bin,usr/sbin,usr/lib,usr/lib64,etc,root}
 # Same top-level layout as the host (merged /usr), so copied paths resolve the same way.
@@ -184,7 +201,7 @@ watch_heartbeat() {
         # Armed by the first beat (the outer kernel's boot comes before it).
         if [ "$size" -gt 0 ] && [ $((now - last_change)) -ge "$stall_s" ]; then
             echo "$((now - last_change))" >"$stage/stalled"
-            [ -s "$stage/qemu.pid" ] && kill "$(cat "$stage/qemu.pid")" 2>/dev/null
+            [ -s "$stage/qemu.pid" ] && kill "$(cat "$stage/qemu.pid")" 2>/dev/null || true
             return
         fi
     done
@@ -192,15 +209,23 @@ watch_heartbeat() {
 watch_heartbeat &
 watchdog_pid=$!
 set +e
-timeout -k 10 "$timeout_s" qemu-system-x86_64 \
-    -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
-    -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-    -chardev "file,id=heartbeat,path=$heartbeat" -device isa-serial,chardev=heartbeat,index=1 \
-    -pidfile "$stage/qemu.pid" \
-    -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init" \
-    </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
-qemu_rc=${PIPESTATUS[0]}
+{
+    timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+        -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
+        -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+        -chardev "file,id=heartbeat,path=$heartbeat" -device isa-serial,chardev=heartbeat,index=1 \
+        -pidfile "$stage/qemu.pid" \
+        -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init" \
+        </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
+    echo "${PIPESTATUS[0]}" >"$stage/qemu.rc"
+} &
+# In the background and waited for, so that a signal to this script (Ctrl-C, a CI job
+# cancelled, a caller's time limit) runs the traps set above at once and takes the outer machine
+# down with it: `timeout` puts QEMU in a process group of its own, out of reach of a group kill.
+pipeline_pid=$!
+wait "$pipeline_pid"
+qemu_rc="$(cat "$stage/qemu.rc" 2>/dev/null || echo 125)"
 kill "$watchdog_pid" 2>/dev/null; wait "$watchdog_pid" 2>/dev/null
 set -e
 if [ -e "$stage/stalled" ]; then
