@@ -33,7 +33,13 @@ fn tiny_vm(name: &str) -> VmBuilder {
 
 fn ready(vm: &Vm) {
     if let Err(e) = vm.wait_ready(READY_TIMEOUT) {
-        panic!("agent not ready: {e}\nconsole tail:\n{}", vm.console_tail());
+        // The console is `quiet`: the thread states tell a guest spinning in KVM_RUN from an idle
+        // one, the VMM's boot timings how far it got.
+        panic!(
+            "agent not ready: {e}\nboot timings: {}\n{}",
+            vm.timings(),
+            rt().block_on(failure_report(vm))
+        );
     }
 }
 
