@@ -94,7 +94,9 @@ fn tiny_rootfs_boots_to_agent_ready_body() {
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     if let Err(e) = ready {
         panic!(
-            "agent not ready: {e}; console log {}:\n{console}",
+            "agent not ready: {e}; boot timings: {}\n--- threads ---\n{}\nconsole log {}:\n{console}",
+            vm.timings(),
+            common::thread_activity(),
             log.display()
         );
     }
