@@ -96,7 +96,7 @@ fn check_kvm(r: &mut Report, needed: bool) {
 /// The VMM threads' seccomp filters: the mode `HEARTH_SECCOMP` selects, that the filters
 /// compile, and that the kernel has the actions they use.
 fn check_seccomp(r: &mut Report) {
-    use hearth_vmm::seccomp::{MODE_ENV, SeccompMode, ThreadKind, program};
+    use hearth_vmm::seccomp::{MODE_ENV, SeccompMode, ThreadKind, programs};
     let mode = match std::env::var(MODE_ENV) {
         Ok(v) => match v.parse::<SeccompMode>() {
             Ok(m) => m,
@@ -105,15 +105,15 @@ fn check_seccomp(r: &mut Report) {
         Err(_) => SeccompMode::Enforce,
     };
     for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
-        if let Err(e) = program(kind, mode) {
+        if let Err(e) = programs(kind, mode) {
             return r.fail("seccomp", e.to_string());
         }
     }
     let actions =
         std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    let needed = match mode {
-        SeccompMode::Enforce => "trap",
-        SeccompMode::Log => "log",
+    let needed: &[&str] = match mode {
+        SeccompMode::Enforce => &["trap", "errno"],
+        SeccompMode::Log => &["log"],
         SeccompMode::Off => {
             return r.warn(
                 "seccomp",
@@ -121,10 +121,13 @@ fn check_seccomp(r: &mut Report) {
             );
         }
     };
-    if !actions.split_whitespace().any(|a| a == needed) {
+    if let Some(missing) = needed
+        .iter()
+        .find(|n| !actions.split_whitespace().any(|a| a == **n))
+    {
         return r.fail(
             "seccomp",
-            format!("the kernel lacks the seccomp action {needed} (actions_avail: {actions:?})"),
+            format!("the kernel lacks the seccomp action {missing} (actions_avail: {actions:?})"),
         );
     }
     match mode {
@@ -134,7 +137,7 @@ fn check_seccomp(r: &mut Report) {
         ),
         _ => r.ok(
             "seccomp",
-            "vCPU and event-loop threads filtered; a denied call kills the process",
+            "vCPU and event-loop threads filtered; file opens fail, any other denied call kills the process",
         ),
     }
 }

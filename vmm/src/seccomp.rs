@@ -13,8 +13,15 @@
 //! compromise would want next: `open`, `socket`, `execve`, `fork`/`clone`, `ptrace`, other
 //! ioctls (no new KVM VMs, no `TIOCSTI`), `mprotect`/`mmap` making memory executable.
 //!
-//! [`SeccompMode::Enforce`] (the default) ends the whole process on a denied call, as Firecracker
-//! does: the call traps (`SECCOMP_RET_TRAP`), and the `SIGSYS` handler writes the call's number
+//! File opens (`open`, `openat`, `openat2`) are refused differently: they fail with `EACCES` and
+//! the thread goes on. glibc opens files on its own inside `malloc`: the first time any thread
+//! trims a heap of a non-main arena it reads `/proc/sys/vm/overcommit_memory` (once per process,
+//! and it copes with the open failing). Which thread that is depends on timing, so a VMM thread
+//! that merely freed memory could end the process (seen in the harness: `openat` from the event
+//! loop in 3 of 15 `hearth exec` boots streaming 20 MiB). A refused open reads nothing either.
+//!
+//! [`SeccompMode::Enforce`] (the default) ends the whole process on any other denied call, as
+//! Firecracker does: the call traps (`SECCOMP_RET_TRAP`), and the `SIGSYS` handler writes the call's number
 //! to stderr and exits with status [`DENIED_EXIT_STATUS`] (`_exit`, nothing else runs). A VMM
 //! thread making such a call is either compromised or has a bug, and neither may go on;
 //! `hearth run` reconciles leftovers at its next start. [`SeccompMode::Log`] lets the call through and has the kernel log it (audit records
@@ -128,11 +135,15 @@ pub enum SeccompError {
 /// The calling thread installs the filter for `kind` (no-op for [`SeccompMode::Off`]). Also sets
 /// `no_new_privs` on the thread, which seccomp requires without `CAP_SYS_ADMIN`.
 pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
-    let Some(program) = program(kind, mode)? else {
+    let programs = programs(kind, mode)?;
+    if programs.is_empty() {
         return Ok(());
-    };
+    }
     install_sigsys_handler().map_err(|source| SeccompError::Handler { kind, source })?;
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install { kind, source })
+    for p in &programs {
+        seccompiler::apply_filter(p).map_err(|source| SeccompError::Install { kind, source })?;
+    }
+    Ok(())
 }
 
 /// The exit status of a process whose VMM thread made a denied call (Firecracker's, too).
@@ -197,23 +208,42 @@ fn install_sigsys_handler() -> std::io::Result<()> {
     r.map_err(std::io::Error::from_raw_os_error)
 }
 
-/// The compiled BPF program for `kind` in `mode` (`None` for [`SeccompMode::Off`]).
-pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
-    let mismatch = match mode {
-        SeccompMode::Enforce => SeccompAction::Trap,
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::Off => return Ok(None),
+/// The system calls that open files: refused with `EACCES` instead of ending the process (see
+/// the module documentation).
+pub const REFUSED_OPENS: [i64; 3] = [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2];
+
+/// The compiled BPF programs for `kind` in `mode`, installed in this order (none for
+/// [`SeccompMode::Off`]): a filter that fails [`REFUSED_OPENS`] with `EACCES`, and the
+/// allowlist, which lets those pass (the kernel applies the stricter verdict of stacked filters).
+/// In [`SeccompMode::Log`] both log instead.
+pub fn programs(kind: ThreadKind, mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError> {
+    let (mismatch, open_action) = match mode {
+        SeccompMode::Enforce => (
+            SeccompAction::Trap,
+            SeccompAction::Errno(libc::EACCES as u32),
+        ),
+        SeccompMode::Log => (SeccompAction::Log, SeccompAction::Log),
+        SeccompMode::Off => return Ok(Vec::new()),
     };
     let compile = |source| SeccompError::Compile { kind, source };
-    let filter = SeccompFilter::new(
-        rules(kind).map_err(compile)?,
-        mismatch,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(compile)?;
-    let program: BpfProgram = filter.try_into().map_err(compile)?;
-    Ok(Some(program))
+    let mut allowed = rules(kind).map_err(compile)?;
+    let mut opens = Rules::new();
+    for nr in REFUSED_OPENS {
+        allowed.insert(nr, vec![]);
+        opens.insert(nr, vec![]);
+    }
+    // The open refusal first: installing a filter takes prctl and seccomp calls, which the
+    // allowlist does not have.
+    let mut out = Vec::new();
+    for (rules, on_mismatch, on_match) in [
+        (opens, SeccompAction::Allow, open_action),
+        (allowed, mismatch, SeccompAction::Allow),
+    ] {
+        let filter = SeccompFilter::new(rules, on_mismatch, on_match, TargetArch::x86_64)
+            .map_err(compile)?;
+        out.push(filter.try_into().map_err(compile)?);
+    }
+    Ok(out)
 }
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -340,10 +370,15 @@ mod tests {
     fn every_kind_and_mode_compiles() {
         for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log] {
-                let p = program(kind, mode).unwrap().expect("a program");
-                assert!(p.len() > 10, "{kind:?}/{mode}: {} instructions", p.len());
+                let p = programs(kind, mode).unwrap();
+                assert_eq!(p.len(), 2, "{kind:?}/{mode}: allowlist and open refusal");
+                assert!(
+                    p[1].len() > 10,
+                    "{kind:?}/{mode}: {} instructions",
+                    p[1].len()
+                );
             }
-            assert!(program(kind, SeccompMode::Off).unwrap().is_none());
+            assert!(programs(kind, SeccompMode::Off).unwrap().is_empty());
         }
     }
 

@@ -1,6 +1,6 @@
 //! The VMM threads' seccomp filters, installed for real (no VM needed): what a thread does in
-//! normal operation still works under its filter, and a call off the allowlist ends the
-//! process. Each case runs in a child process (this test binary run again with
+//! normal operation still works under its filter, a file open fails, and any other call off
+//! the allowlist ends the process. Each case runs in a child process (this test binary run again with
 //! `HEARTH_SECCOMP_CASE` set), because a filter cannot be removed and the end takes the whole
 //! process.
 
@@ -46,6 +46,7 @@ fn child(case: &str) {
         "events-socket" => (ThreadKind::EventLoop, SeccompMode::Enforce, "socket"),
         "events-spawn" => (ThreadKind::EventLoop, SeccompMode::Enforce, "spawn"),
         "log-open" => (ThreadKind::Vcpu, SeccompMode::Log, "open"),
+        "events-arena-trim" => (ThreadKind::EventLoop, SeccompMode::Enforce, "arena-trim"),
         other => panic!("unknown case {other}"),
     };
     let path = std::env::temp_dir().join(format!("hearth-seccomp-{}", std::process::id()));
@@ -87,6 +88,17 @@ fn child(case: &str) {
                     )
                 };
                 eprintln!("mprotect returned {r}");
+            }
+            "arena-trim" => {
+                // 24 MiB in blocks of 8 KiB (below the mmap threshold) from this thread's own
+                // arena, then freed: the free top of its heap exceeds the trim threshold (16 MiB
+                // here: glibc raised it to twice the 8 MiB block normal_operation freed), so
+                // glibc shrinks the heap, and the first time in a process it opens
+                // /proc/sys/vm/overcommit_memory to decide how.
+                let blocks: Vec<Vec<u8>> = (0..3072).map(|i| vec![i as u8; 8 << 10]).collect();
+                let sum: usize = blocks.iter().map(|b| usize::from(b[0])).sum();
+                drop(blocks);
+                eprintln!("arena trimmed (sum {sum})");
             }
             "socket" => {
                 let r = std::net::UdpSocket::bind("127.0.0.1:0");
@@ -162,9 +174,31 @@ fn assert_stopped(case: &str, nr: Option<i64>) {
     }
 }
 
+/// The child ran its normal operations and the refused call, and went on.
+fn assert_survived(case: &str) -> String {
+    let (signal, code, stderr) = run_case(case);
+    assert!(
+        stderr.contains(ALLOWED_DONE) && stderr.contains("child survived"),
+        "{case}: ended with signal {signal:?}, status {code:?}:\n{stderr}"
+    );
+    stderr
+}
+
 #[test]
 fn vcpu_thread_cannot_open_files() {
-    assert_stopped("vcpu-open", Some(libc::SYS_openat));
+    let stderr = assert_survived("vcpu-open");
+    assert!(
+        stderr.contains("open returned Err(") && stderr.contains("PermissionDenied"),
+        "the open was not refused with EACCES:\n{stderr}"
+    );
+}
+
+/// glibc's own open inside `free` (the first trim of a non-main arena's heap) must not end the
+/// process: found in the harness, where the event loop's frees did it in 3 of 15 boots.
+#[test]
+fn glibc_trimming_a_thread_arena_under_the_filter_is_not_fatal() {
+    let stderr = assert_survived("events-arena-trim");
+    assert!(stderr.contains("arena trimmed"), "{stderr}");
 }
 
 #[test]
