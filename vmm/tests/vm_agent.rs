@@ -32,7 +32,12 @@ fn tiny_vm(name: &str) -> VmBuilder {
 }
 
 fn ready(vm: &Vm) {
-    if let Err(e) = vm.wait_ready(READY_TIMEOUT) {
+    not_ready_fails(vm, vm.wait_ready(READY_TIMEOUT));
+}
+
+/// Fails the test with the VMM's view of a guest whose agent did not become ready.
+fn not_ready_fails(vm: &Vm, waited: Result<Duration, hearth_vmm::VmError>) {
+    if let Err(e) = waited {
         // The console is `quiet`: the thread states tell a guest spinning in KVM_RUN from an idle
         // one, the VMM's boot timings how far it got.
         panic!(
@@ -88,6 +93,34 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Attempts of a heavy case when the emulated machine kills its guest (below).
+const INFRA_ATTEMPTS: usize = 3;
+
+/// Whether `vm`'s guest died of the emulated-SVM harness rather than of the test: under
+/// `harness/run-in-svm.sh` (`HEARTH_IN_SVM_HARNESS=1`) a guest that triple-faults mid-run is
+/// the emulated machine's failure. The same kernel, rootfs, agent and 20 MiB streams under QEMU
+/// 7.2 + KVM as the VMM in the same harness triple-faulted (and hung) at a similar rate (vsock
+/// README, "The vm_agent quarantine"). On real hardware virtualization this is never excused.
+fn killed_by_the_harness(vm: &Vm) -> bool {
+    std::env::var_os("HEARTH_IN_SVM_HARNESS").is_some_and(|v| v == "1")
+        && vm.exit() == Some(VmExit::TripleFault)
+}
+
+/// Runs `case` until it passes, retrying (loudly) only when it returns `Err`, which a case does
+/// only for [`killed_by_the_harness`]; a third such failure fails the test.
+fn retried_on_harness_failures(name: &str, mut case: impl FnMut() -> Result<(), String>) {
+    for attempt in 1..=INFRA_ATTEMPTS {
+        match case() {
+            Ok(()) => return,
+            Err(why) if attempt < INFRA_ATTEMPTS => eprintln!(
+                "WARNING: {name}: attempt {attempt} of {INFRA_ATTEMPTS}: the emulated machine \
+                 killed the guest ({why}); retrying"
+            ),
+            Err(why) => panic!("{name}: {INFRA_ATTEMPTS} attempts, each guest killed: {why}"),
+        }
+    }
+}
+
 #[test]
 fn exec_uname_exit_codes_and_binary_output() {
     common::with_deadline(
@@ -121,94 +154,101 @@ fn exec_uname_exit_codes_and_binary_output() {
 }
 
 #[test]
-#[ignore = "quarantined (re-checked 2026-12-02 in 11 harness runs of this binary, see the \
-            vsock README): no stall any more, but its guest died twice with a triple fault \
-            (VmExit::TripleFault: once right after the handshake, once 29 MiB into the stream; no \
-            guest output), which the client used to report as 'agent closed the connection'; and \
-            one run ended in an outer-kernel crash while it streamed. Neither is in the vsock \
-            device or the agent: the emulated-SVM harness (its outer kernel takes exceptions with \
-            a zero per-CPU GS in hearth vCPU threads) is the suspect. A failure now names the VM \
-            exit and each thread's state and CPU use. Run with --include-ignored"]
 fn hundred_mib_of_output_streams_through() {
     common::with_deadline(
         "hundred_mib_of_output_streams_through",
         BULK_TEST_LIMIT,
         |probe| {
-            let mut vm = tiny_vm("bulk").start().unwrap();
-            probe.watch(&vm);
-            ready(&vm);
-            rt().block_on(async {
-                let c = client(&vm).await;
-                let start = Instant::now();
-                let mut s = match c
-                    .exec(ExecSpec::script("head -c 104857600 /dev/zero"))
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(e) => panic!("exec failed: {e}\n{}", failure_report(&vm).await),
-                };
-                let mut total = 0usize;
-                let mut nonzero = false;
-                let mut status = None;
-                // Stalls (gaps between events) explain slow runs: a steady stream has none.
-                let (mut last, mut stalls, mut worst) =
-                    (Instant::now(), Vec::new(), Duration::ZERO);
-                // A stall fails with a reason instead of running into the harness time limit.
-                let stall_limit = Duration::from_secs(60);
-                loop {
-                    let next = match tokio::time::timeout(stall_limit, s.next()).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            let state = vsock_state(&vm).await;
-                            let threads = common::thread_activity();
-                            panic!(
-                                "no output for {stall_limit:?} after {} KiB: the stream stalled\n\
-                             --- vsock device ---\n{state}\n--- threads ---\n{threads}\n\
-                             --- console tail ---\n{}",
-                                total >> 10,
-                                vm.console_tail()
-                            )
-                        }
-                    };
-                    let ev = match next {
-                        Ok(Some(ev)) => ev,
-                        Ok(None) => break,
-                        Err(e) => panic!(
-                            "exec stream failed after {} KiB: {e}\n{}",
-                            total >> 10,
-                            failure_report(&vm).await
-                        ),
-                    };
-                    let gap = last.elapsed();
-                    last = Instant::now();
-                    worst = worst.max(gap);
-                    if gap > Duration::from_millis(500) && stalls.len() < 20 {
-                        stalls.push(format!("{:.1}s@{}KiB", gap.as_secs_f64(), total >> 10));
-                    }
-                    match ev {
-                        ExecEvent::Output { data, .. } => {
-                            total += data.len();
-                            // memcmp, not a per-byte loop: in a debug build under the emulated
-                            // harness the loop alone costs seconds of the measured time.
-                            nonzero |= data.chunks(ZEROS.len()).any(|c| c != &ZEROS[..c.len()]);
-                        }
-                        ExecEvent::Exited(info) => status = Some(info.status),
-                        ExecEvent::Started { .. } => {}
-                    }
-                }
-                let secs = start.elapsed().as_secs_f64();
-                eprintln!(
-                    "100 MiB guest→host in {secs:.1} s ({:.1} MiB/s)",
-                    100.0 / secs
-                );
-                eprintln!("longest gap between events {worst:?}; gaps > 0.5 s: {stalls:?}");
-                assert_eq!(status, Some(ExitStatus::Code(0)));
-                assert_eq!(total, 100 << 20);
-                assert!(!nonzero);
-            });
-            vm.kill();
+            retried_on_harness_failures("hundred_mib_of_output_streams_through", || {
+                let mut vm = tiny_vm("bulk").start().unwrap();
+                probe.watch(&vm);
+                ready(&vm);
+                let streamed = stream_hundred_mib(&vm);
+                vm.kill();
+                streamed
+            })
         },
     );
+}
+
+/// One attempt of [`hundred_mib_of_output_streams_through`] in a booted VM: `Err` only when
+/// [`killed_by_the_harness`].
+fn stream_hundred_mib(vm: &Vm) -> Result<(), String> {
+    rt().block_on(async {
+        let c = client(vm).await;
+        let start = Instant::now();
+        let mut s = match c
+            .exec(ExecSpec::script("head -c 104857600 /dev/zero"))
+            .await
+        {
+            Ok(s) => s,
+            Err(_) if killed_by_the_harness(vm) => {
+                return Err("triple fault before the exec started".to_string());
+            }
+            Err(e) => panic!("exec failed: {e}\n{}", failure_report(vm).await),
+        };
+        let mut total = 0usize;
+        let mut nonzero = false;
+        let mut status = None;
+        // Stalls (gaps between events) explain slow runs: a steady stream has none.
+        let (mut last, mut stalls, mut worst) = (Instant::now(), Vec::new(), Duration::ZERO);
+        // A stall fails with a reason instead of running into the harness time limit.
+        let stall_limit = Duration::from_secs(60);
+        loop {
+            let next = match tokio::time::timeout(stall_limit, s.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    let state = vsock_state(vm).await;
+                    let threads = common::thread_activity();
+                    panic!(
+                        "no output for {stall_limit:?} after {} KiB: the stream stalled\n\
+                             --- vsock device ---\n{state}\n--- threads ---\n{threads}\n\
+                             --- console tail ---\n{}",
+                        total >> 10,
+                        vm.console_tail()
+                    )
+                }
+            };
+            let ev = match next {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(_) if killed_by_the_harness(vm) => {
+                    return Err(format!("triple fault after {} KiB", total >> 10));
+                }
+                Err(e) => panic!(
+                    "exec stream failed after {} KiB: {e}\n{}",
+                    total >> 10,
+                    failure_report(vm).await
+                ),
+            };
+            let gap = last.elapsed();
+            last = Instant::now();
+            worst = worst.max(gap);
+            if gap > Duration::from_millis(500) && stalls.len() < 20 {
+                stalls.push(format!("{:.1}s@{}KiB", gap.as_secs_f64(), total >> 10));
+            }
+            match ev {
+                ExecEvent::Output { data, .. } => {
+                    total += data.len();
+                    // memcmp, not a per-byte loop: in a debug build under the emulated
+                    // harness the loop alone costs seconds of the measured time.
+                    nonzero |= data.chunks(ZEROS.len()).any(|c| c != &ZEROS[..c.len()]);
+                }
+                ExecEvent::Exited(info) => status = Some(info.status),
+                ExecEvent::Started { .. } => {}
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "100 MiB guest→host in {secs:.1} s ({:.1} MiB/s)",
+            100.0 / secs
+        );
+        eprintln!("longest gap between events {worst:?}; gaps > 0.5 s: {stalls:?}");
+        assert_eq!(status, Some(ExitStatus::Code(0)));
+        assert_eq!(total, 100 << 20);
+        assert!(!nonzero);
+        Ok(())
+    })
 }
 
 #[test]
@@ -355,13 +395,6 @@ fn vm_size_kib() -> u64 {
 }
 
 #[test]
-#[ignore = "quarantined (re-checked 2026-12-02 in 11 harness runs of this binary): it never \
-            failed on its own (21 boots each time the machine held), but the emulated-SVM outer \
-            machine froze 3 times right after one of its VM kills (before the next VM's kernel \
-            load; no heartbeat, harness limit) and crashed once in one of its vCPU threads. The \
-            earlier 'agent closed the connection right after a good handshake' was the guest \
-            dying (triple fault, see hundred_mib); the client now gets 'the vsock device is \
-            gone: the VM stopped' for it. Run with --include-ignored"]
 fn twenty_boots_in_a_row_leak_nothing() {
     common::with_deadline(
         "twenty_boots_in_a_row_leak_nothing",
@@ -371,11 +404,15 @@ fn twenty_boots_in_a_row_leak_nothing() {
             // Every step has a time limit, so a stuck boot names its step (and shows the console)
             // instead of running into the harness time limit.
             let limit = Duration::from_secs(90);
-            let boot = |i: usize| {
+            let boot = |i: usize| -> Result<(), String> {
                 let t = Instant::now();
                 let mut vm = tiny_vm("repeat").start().unwrap();
                 probe.watch(&vm);
-                ready(&vm);
+                let waited = vm.wait_ready(READY_TIMEOUT);
+                if waited.is_err() && killed_by_the_harness(&vm) {
+                    return Err(format!("boot {i}: triple fault before the agent was ready"));
+                }
+                not_ready_fails(&vm, waited);
                 let ready_at = t.elapsed();
                 runtime.block_on(async {
                     let stuck = |what: &str| -> ! {
@@ -398,12 +435,16 @@ fn twenty_boots_in_a_row_leak_nothing() {
                     .unwrap_or_else(|_| stuck("exec"))
                     {
                         Ok(out) => out,
+                        Err(_) if killed_by_the_harness(&vm) => {
+                            return Err(format!("boot {i}: triple fault during the exec"));
+                        }
                         Err(e) => {
                             panic!("boot {i}: exec failed: {e}\n{}", failure_report(&vm).await)
                         }
                     };
                     assert_eq!(out.stdout, format!("{i}\n").into_bytes());
-                });
+                    Ok(())
+                })?;
                 let exec_at = t.elapsed();
                 assert_eq!(vm.kill(), VmExit::Killed);
                 eprintln!(
@@ -412,7 +453,9 @@ fn twenty_boots_in_a_row_leak_nothing() {
                     exec_at.as_secs_f64(),
                     t.elapsed().as_secs_f64()
                 );
+                Ok(())
             };
+            let boot = |i: usize| retried_on_harness_failures(&format!("boot {i}"), || boot(i));
             boot(0);
             let (fds, threads, size) = (
                 count("/proc/self/fd"),
