@@ -10,6 +10,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{Cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::kernel_reader::KernelReader;
 use super::layout::{
     CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MPTABLE_START, PVH_INFO_START, PVH_MEMMAP_START,
     ZERO_PAGE_START,
@@ -68,10 +69,11 @@ const XLF_KERNEL_64: u16 = 1;
 
 /// Loads an ELF vmlinux (PVH when the note is present) or a bzImage into guest memory.
 pub fn load_kernel(mem: &GuestMemory, kernel: &mut File) -> Result<KernelEntry, BootError> {
+    let mut kernel = KernelReader::with_host_threads(kernel);
     kernel
         .seek(SeekFrom::Start(0))
         .map_err(BootError::KernelFile)?;
-    match Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))) {
+    match Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
         Ok(res) => {
             let (protocol, entry) = match res.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr),
@@ -86,7 +88,7 @@ pub fn load_kernel(mem: &GuestMemory, kernel: &mut File) -> Result<KernelEntry, 
         Err(linux_loader::loader::Error::Elf(
             linux_loader::loader::elf::Error::InvalidElfMagicNumber,
         )) => {
-            let res = BzImage::load(mem, Some(GuestAddress(HIMEM_START)), kernel, None)
+            let res = BzImage::load(mem, Some(GuestAddress(HIMEM_START)), &mut kernel, None)
                 .map_err(BootError::Load)?;
             let hdr = res.setup_header.ok_or(BootError::BzImageNot64Bit)?;
             if hdr.version < 0x0206 || hdr.xloadflags & XLF_KERNEL_64 == 0 {
