@@ -100,7 +100,7 @@ const INFRA_ATTEMPTS: usize = 3;
 /// `harness/run-in-svm.sh` (`HEARTH_IN_SVM_HARNESS=1`) a guest that triple-faults mid-run is
 /// the emulated machine's failure. The same kernel, rootfs, agent and 20 MiB streams under QEMU
 /// 7.2 + KVM as the VMM in the same harness triple-faulted (and hung) at a similar rate (vsock
-/// README, "The vm_agent quarantine"). On real hardware virtualization this is never excused.
+/// README, "Guest deaths under the emulated harness"). On real hardware virtualization this is never excused.
 fn killed_by_the_harness(vm: &Vm) -> bool {
     std::env::var_os("HEARTH_IN_SVM_HARNESS").is_some_and(|v| v == "1")
         && vm.exit() == Some(VmExit::TripleFault)
