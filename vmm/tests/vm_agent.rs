@@ -96,14 +96,18 @@ fn rt() -> tokio::runtime::Runtime {
 /// Attempts of a heavy case when the emulated machine kills its guest (below).
 const INFRA_ATTEMPTS: usize = 3;
 
-/// Whether `vm`'s guest died of the emulated-SVM harness rather than of the test: under
-/// `harness/run-in-svm.sh` (`HEARTH_IN_SVM_HARNESS=1`) a guest that triple-faults mid-run is
-/// the emulated machine's failure. The same kernel, rootfs, agent and 20 MiB streams under QEMU
-/// 7.2 + KVM as the VMM in the same harness triple-faulted (and hung) at a similar rate (vsock
-/// README, "Guest deaths under the emulated harness"). On real hardware virtualization this is never excused.
-fn killed_by_the_harness(vm: &Vm) -> bool {
+/// Whether this runs under `harness/run-in-svm.sh` (it sets `HEARTH_IN_SVM_HARNESS=1`).
+fn in_svm_harness() -> bool {
     std::env::var_os("HEARTH_IN_SVM_HARNESS").is_some_and(|v| v == "1")
-        && vm.exit() == Some(VmExit::TripleFault)
+}
+
+/// Whether `vm`'s guest died of the emulated-SVM harness rather than of the test: there, a guest
+/// that triple-faults mid-run is the emulated machine's failure. The same kernel, rootfs, agent
+/// and 20 MiB streams under QEMU 7.2 + KVM as the VMM in the same harness triple-faulted (and
+/// hung) at a similar rate (vsock README, "Guest deaths under the emulated harness"). On real
+/// hardware virtualization this is never excused.
+fn killed_by_the_harness(vm: &Vm) -> bool {
+    in_svm_harness() && vm.exit() == Some(VmExit::TripleFault)
 }
 
 /// Under the harness: the stalled stream's vsock device (`state`, its `describe()` text) holds
@@ -112,8 +116,7 @@ fn killed_by_the_harness(vm: &Vm) -> bool {
 /// all (its vCPU thread was seen busy in KVM_RUN meanwhile): the guest hang that QEMU's guests
 /// show in this harness too.
 fn guest_stopped_taking_interrupts(state: &str) -> bool {
-    std::env::var_os("HEARTH_IN_SVM_HARNESS").is_some_and(|v| v == "1")
-        && interrupt_ignored_with_nothing_queued(state)
+    in_svm_harness() && interrupt_ignored_with_nothing_queued(state)
 }
 
 fn interrupt_ignored_with_nothing_queued(state: &str) -> bool {
