@@ -102,8 +102,8 @@ for t in "${tests[@]}"; do
     # infrastructure failure, not the test's (seen once per suite run in two runs, each time in a
     # hearth vCPU thread; a suite boots ~40 guests under hearth and 2 under QEMU, so whether
     # hearth's way of driving KVM provokes it is open: see BENCHMARKS.md). Such a run
-    # is retried, loudly, up to $max_attempts attempts in all; a test failure, a time limit or a last crash fails the
-    # suite as before.
+    # is retried, loudly, up to $max_attempts attempts in all; a test failure, a time limit or
+    # the last attempt's crash fails the suite as before.
     extra_args=()
     case "$name" in vm_cli|vm_job|vm_job_load) extra_args=("${git_args[@]}") ;; esac
     stalls=0

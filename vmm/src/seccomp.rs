@@ -21,8 +21,8 @@
 //! loop in 3 of 15 `hearth exec` boots streaming 20 MiB). A refused open reads nothing either.
 //!
 //! [`SeccompMode::Enforce`] (the default) ends the whole process on any other denied call, as
-//! Firecracker does: the call traps (`SECCOMP_RET_TRAP`), and the `SIGSYS` handler writes the call's number
-//! to stderr and exits with status [`DENIED_EXIT_STATUS`] (`_exit`, nothing else runs). A VMM
+//! Firecracker does: the call traps (`SECCOMP_RET_TRAP`), and the `SIGSYS` handler writes the
+//! call's number to stderr and exits with status [`DENIED_EXIT_STATUS`] (`_exit`, nothing else runs). A VMM
 //! thread making such a call is either compromised or has a bug, and neither may go on;
 //! `hearth run` reconciles leftovers at its next start. [`SeccompMode::Log`] lets the call through and has the kernel log it (audit records
 //! `type=1326` in the kernel log: how to find a missing entry), [`SeccompMode::Off`] installs

@@ -1,7 +1,7 @@
 //! The VMM threads' seccomp filters, installed for real (no VM needed): what a thread does in
 //! normal operation still works under its filter, a file open fails, and any other call off
-//! the allowlist ends the process. Each case runs in a child process (this test binary run again with
-//! `HEARTH_SECCOMP_CASE` set), because a filter cannot be removed and the end takes the whole
+//! the allowlist ends the process. Each case runs in a child process (this test binary run
+//! again with `HEARTH_SECCOMP_CASE` set), because a filter cannot be removed and the end takes the whole
 //! process.
 
 use std::io::{Read, Write};
