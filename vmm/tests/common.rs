@@ -218,6 +218,30 @@ pub fn log_vmm_events() {
 /// kernel) from one whose vCPU thread spins in KVM_RUN without returning (seen in the harness's
 /// outer kernel: the guest then looks silent to the devices too).
 pub fn thread_activity() -> String {
+    let mut text = String::new();
+    for t in thread_cpu_use() {
+        text.push_str(&format!(
+            "{} {} wchan {} cpu ticks in 1 s: {:?}\n",
+            t.tid, t.name_state, t.wchan, t.ticks
+        ));
+    }
+    text
+}
+
+/// One thread of this process as [`thread_cpu_use`] saw it.
+pub struct ThreadUse {
+    /// Thread id.
+    pub tid: String,
+    /// `comm` and scheduler state, e.g. `hearth-vcpu0 R`.
+    pub name_state: String,
+    /// Kernel wait channel.
+    pub wchan: String,
+    /// Clock ticks (1/100 s) of CPU used over one second; `None` for a thread that is new.
+    pub ticks: Option<u64>,
+}
+
+/// Every thread's state and the CPU time it used over one second (takes one second).
+pub fn thread_cpu_use() -> Vec<ThreadUse> {
     fn snapshot() -> Vec<(String, String, String, u64)> {
         let mut out = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
@@ -245,16 +269,19 @@ pub fn thread_activity() -> String {
     }
     let before = snapshot();
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let after = snapshot();
-    let mut text = String::new();
-    for (tid, name, wchan, ticks) in after {
-        let used = before
-            .iter()
-            .find(|b| b.0 == tid)
-            .map(|b| ticks.saturating_sub(b.3));
-        text.push_str(&format!(
-            "{tid} {name} wchan {wchan} cpu ticks in 1 s: {used:?}\n"
-        ));
-    }
-    text
+    snapshot()
+        .into_iter()
+        .map(|(tid, name_state, wchan, ticks)| {
+            let used = before
+                .iter()
+                .find(|b| b.0 == tid)
+                .map(|b| ticks.saturating_sub(b.3));
+            ThreadUse {
+                tid,
+                name_state,
+                wchan,
+                ticks: used,
+            }
+        })
+        .collect()
 }
