@@ -17,7 +17,9 @@ lock_script outer-kernel "$0" "$@"
 #     for QEMU's vhost-vsock-device and AF_VSOCK sockets on the outer side
 #   virtio_mmio, virtio_blk: the outer machine's data disk (large files, see README)
 #   overlay: tests that build overlay roots on the outer side
-WANTED_MODULES=(kvm-amd vhost_vsock virtio_mmio virtio_blk overlay)
+#   tun, veth, nf_tables, nft_chain_nat, nft_masq, nft_ct (+nf_nat, nf_conntrack, nfnetlink):
+#     VM networking (vm_net): taps, a veth "internet", hearth's nftables table with NAT
+WANTED_MODULES=(kvm-amd vhost_vsock virtio_mmio virtio_blk overlay tun veth nf_tables nft_chain_nat nft_masq nft_ct)
 
 ensure_pkgs linux-image-cloud-amd64 lz4 kmod
 

@@ -10,7 +10,7 @@
 #    (harness/probe-hw-virt.sh), otherwise inside the emulated-SVM machine (harness/run-in-svm.sh),
 #    with the artifacts, qemu-system-x86_64 and the binary passed in.
 # Fails when no `vm_*` test exists, when a required target is missing (HEARTH_VM_REQUIRED, default
-# every VM suite of the project: vm_qemu_reference vm_boot vm_agent vm_cli vm_job vm_job_load), when an
+# every VM suite of the project: vm_qemu_reference vm_boot vm_agent vm_cli vm_job vm_job_load vm_net), when an
 # artifact cannot be built, when any binary fails, or when a binary ran no test (no "test result: ok. N passed" with N > 0).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -80,7 +80,13 @@ git_exec="$("$git_bin" --exec-path)"
 git_args=(--bin "$git_bin" --file "$git_exec" --bin "$git_exec/git-remote-http" --bin "$git_exec/git-http-backend")
 git_templates="$(dirname "$(dirname "$git_exec")")/share/git-core/templates"
 [ ! -d "$git_templates" ] || git_args+=(--file "$git_templates")
-for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference vm_boot vm_agent vm_cli vm_job vm_job_load}; do
+ensure_pkgs iproute2 nftables
+net_args=()
+for b in ip nft; do
+    p="$(PATH="$PATH:/usr/sbin:/sbin" command -v "$b")" || die "$b not found (iproute2, nftables)"
+    net_args+=(--bin "$p")
+done
+for req in ${HEARTH_VM_REQUIRED-vm_qemu_reference vm_boot vm_agent vm_cli vm_job vm_job_load vm_net}; do
     printf '%s\n' "${tests[@]}" | cut -f1 | grep -qx "$req" || die "required VM test target $req was not built"
 done
 logdir="$(mktemp -d)"
@@ -105,7 +111,10 @@ for t in "${tests[@]}"; do
     # is retried, loudly, up to $max_attempts attempts in all; a test failure, a time limit or
     # the last attempt's crash fails the suite as before.
     extra_args=()
-    case "$name" in vm_cli|vm_job|vm_job_load) extra_args=("${git_args[@]}") ;; esac
+    case "$name" in
+        vm_cli|vm_job|vm_job_load) extra_args=("${git_args[@]}") ;;
+        vm_net) extra_args=("${net_args[@]}") ;;
+    esac
     stalls=0
     for attempt in $(seq 1 "$max_attempts"); do
         set +e

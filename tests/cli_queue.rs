@@ -185,6 +185,11 @@ fn validate_reports_kvm_kind_and_process_warning() {
         vm_text.contains("ok    seccomp: vCPU and event-loop threads filtered"),
         "{vm_text}"
     );
+    // VM networking: the nftables table is checked (`nft -c`), not loaded.
+    assert!(
+        vm_text.contains("ok    network: taps hearth<n> from 10.213.0.0/16"),
+        "{vm_text}"
+    );
     let typo = Command::new(HEARTH)
         .args(["validate", "--isolation", "vm"])
         .env("HEARTH_QUEUE_DB", &db)

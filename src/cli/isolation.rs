@@ -4,6 +4,7 @@
 use anyhow::Context;
 use hearth::config::Config;
 use hearth::sandbox::artifacts::ArtifactSearch;
+use hearth::sandbox::network;
 use hearth::sandbox::process::{ProcessIsolation, ProcessOptions};
 use hearth::sandbox::vm::VmIsolation;
 use hearth::sandbox::workspace;
@@ -31,6 +32,11 @@ pub struct IsolationOpts {
     /// build.
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
+    /// VM isolation without networking: no tap, no nftables rules; jobs get no network.
+    /// Default: each VM gets a tap, NATed, with no access to this host, other VMs, private or
+    /// link-local ranges (needs root and nftables; HEARTH_VM_DNS and HEARTH_VM_POOL tune it).
+    #[arg(long)]
+    pub no_network: bool,
 }
 
 impl IsolationOpts {
@@ -64,7 +70,14 @@ impl IsolationOpts {
                         "removed VM scratch directories left by an earlier hearth"
                     );
                 }
-                Ok(Arc::new(VmIsolation::new(artifacts)))
+                let mut iso = VmIsolation::new(artifacts);
+                if !self.no_network {
+                    let net = network::NetworkOptions::from_env()
+                        .and_then(network::HostNetwork::setup)
+                        .context("setting up VM networking (--no-network runs jobs without it)")?;
+                    iso = iso.network(Arc::new(net));
+                }
+                Ok(Arc::new(iso))
             }
             IsolationKind::Process => {
                 let iso = ProcessIsolation::new(ProcessOptions::default())

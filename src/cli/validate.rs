@@ -142,6 +142,45 @@ fn check_seccomp(r: &mut Report) {
     }
 }
 
+/// VM networking: root, /dev/net/tun, and the nftables table accepted by `nft -c` (checked,
+/// not loaded: validate changes nothing on the host).
+fn check_network(r: &mut Report, off: bool) {
+    use hearth::sandbox::network::{NetworkOptions, TAP_PREFIX, nftables};
+    if off {
+        r.warn("network", "off (--no-network): jobs get no network");
+        return;
+    }
+    let opts = match NetworkOptions::from_env() {
+        Ok(o) => o,
+        Err(e) => return r.fail("network", e.to_string()),
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return r.fail(
+            "network",
+            "needs root for taps and nftables (or pass --no-network)",
+        );
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return r.fail(
+            "network",
+            "/dev/net/tun missing (load the tun module, or pass --no-network)",
+        );
+    }
+    let (pool, prefix) = opts.pool;
+    match nftables::check(&nftables::ruleset(TAP_PREFIX, pool, prefix)) {
+        Ok(()) => r.ok(
+            "network",
+            format!(
+                "taps {TAP_PREFIX}<n> from {pool}/{prefix}, NAT, table inet {} (nft -c ok), dns {}",
+                nftables::TABLE,
+                opts.dns
+            ),
+        ),
+        Err(e) => r.fail("network", format!("{e} (or pass --no-network)")),
+    }
+}
+
 fn check_git(r: &mut Report) {
     match std::process::Command::new("git").arg("version").output() {
         Ok(o) if o.status.success() => {
@@ -229,6 +268,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     check_kvm(&mut r, kind == IsolationKind::Vm);
     if kind == IsolationKind::Vm {
         check_seccomp(&mut r);
+        check_network(&mut r, args.isolation.no_network);
     }
     match args.isolation.artifact_search().resolve() {
         Ok(a) => r.ok(

@@ -4,8 +4,10 @@
 use anyhow::Context;
 use hearth::sandbox::SandboxSpec;
 use hearth::sandbox::artifacts::ArtifactSearch;
+use hearth::sandbox::network::{HostNetwork, NetworkOptions};
 use hearth::sandbox::vm::VmIsolation;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +29,11 @@ pub struct VmOpts {
     /// Give up when the guest agent is not ready after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub ready_timeout: u64,
+    /// Give the VM outbound network access: a tap, NATed, with no access to this host, other
+    /// VMs, private or link-local ranges (needs root and nftables; loads the `inet hearth`
+    /// table; HEARTH_VM_DNS and HEARTH_VM_POOL tune it).
+    #[arg(long)]
+    pub network: bool,
 }
 
 impl VmOpts {
@@ -36,7 +43,14 @@ impl VmOpts {
             .resolve()
             .context("finding the guest kernel and rootfs")?;
         tracing::debug!(?artifacts, "guest artifacts");
-        Ok(VmIsolation::new(artifacts).keep_log_on_failure(true))
+        let mut iso = VmIsolation::new(artifacts).keep_log_on_failure(true);
+        if self.network {
+            let net = NetworkOptions::from_env()
+                .and_then(HostNetwork::setup)
+                .context("setting up VM networking")?;
+            iso = iso.network(Arc::new(net));
+        }
+        Ok(iso)
     }
 
     /// A sandbox spec named after this process.
@@ -48,7 +62,7 @@ impl VmOpts {
             workspace: None,
             workspace_disk_mib: 1024,
             sync_back: false,
-            network: false,
+            network: self.network,
             ready_timeout: Duration::from_secs(self.ready_timeout),
         }
     }

@@ -4,6 +4,7 @@
 //! [`Client`], the workspace at `/work`, and a teardown that removes everything it made.
 
 pub mod artifacts;
+pub mod network;
 pub mod process;
 pub mod vm;
 pub mod workspace;

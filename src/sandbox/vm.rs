@@ -4,6 +4,7 @@
 //! reaches the agent over the VM's in-process vsock.
 
 use super::artifacts::GuestArtifacts;
+use super::network::HostNetwork;
 use super::workspace::{self, ScratchDir};
 use super::{
     BoxFuture, Isolation, IsolationKind, Sandbox, SandboxError, SandboxSpec, StartTimings,
@@ -11,7 +12,7 @@ use super::{
 use hearth_agent::client::Client;
 use hearth_vmm::{Vm, VmBuilder, VmError, VmExit};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The agent's vsock port (`hearth.port`, the agent's default).
@@ -30,6 +31,7 @@ pub struct VmIsolation {
     artifacts: GuestArtifacts,
     deadline: Option<Duration>,
     keep_log_on_failure: bool,
+    network: Option<Arc<HostNetwork>>,
 }
 
 impl VmIsolation {
@@ -38,7 +40,15 @@ impl VmIsolation {
             artifacts,
             deadline: None,
             keep_log_on_failure: false,
+            network: None,
         }
+    }
+
+    /// Gives sandboxes that ask for it ([`SandboxSpec::network`]) a tap on `net`; without this,
+    /// they get no network device at all.
+    pub fn network(mut self, net: Arc<HostNetwork>) -> Self {
+        self.network = Some(net);
+        self
     }
 
     /// Kills every VM this long after its start, whatever it is doing.
@@ -92,9 +102,17 @@ impl VmIsolation {
         console: &Path,
         started: Instant,
     ) -> Result<(Vm, Client, StartTimings), SandboxError> {
-        if spec.network {
-            tracing::warn!(name = %spec.name, "VM networking is not implemented yet: the sandbox has no network");
-        }
+        let link = match (&self.network, spec.network) {
+            (Some(net), true) => Some(net.attach().map_err(|e| {
+                SandboxError::Start(format!("attaching the VM's network link: {e}"))
+            })?),
+            (None, true) => {
+                tracing::warn!(name = %spec.name,
+                    "VM networking is off (--no-network): the sandbox has no network");
+                None
+            }
+            (_, false) => None,
+        };
         let mut builder = VmBuilder::new()
             .kernel(&self.artifacts.kernel)
             .rootfs(&self.artifacts.rootfs, true)
@@ -104,6 +122,13 @@ impl VmIsolation {
             .console_log(console);
         if let Some(d) = self.deadline {
             builder = builder.deadline(d);
+        }
+        if let Some(link) = link {
+            tracing::info!(name = %spec.name, tap = link.tap.name(), guest = %link.guest,
+                "VM network link");
+            builder = builder
+                .cmdline_extra(link.cmdline())
+                .net(link.tap, link.mac);
         }
         if let Some(dir) = &spec.workspace {
             let image = scratch.path().join("workspace.ext4");

@@ -15,6 +15,7 @@ use crate::devices::console::{ConsoleSink, ConsoleTail};
 use crate::devices::ready_port::READY_PORT;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::{Net, tap::Tap};
 use crate::devices::virtio::vsock::{DEFAULT_GUEST_CID, Vsock};
 use crate::seccomp::SeccompMode;
 use crate::vstate::control::VmControl;
@@ -58,7 +59,15 @@ pub struct VmBuilder {
     console_log: Option<PathBuf>,
     deadline: Option<Duration>,
     vsock_cid: Option<u64>,
+    net: Option<NetSpec>,
     seccomp: SeccompMode,
+}
+
+/// The VM's network link: a tap and the MAC the guest sees.
+#[derive(Debug, Clone)]
+struct NetSpec {
+    tap: Arc<Tap>,
+    mac: [u8; 6],
 }
 
 impl Default for VmBuilder {
@@ -86,6 +95,7 @@ impl VmBuilder {
             console_log: None,
             deadline: None,
             vsock_cid: Some(DEFAULT_GUEST_CID),
+            net: None,
             seccomp: SeccompMode::from_env(),
         }
     }
@@ -167,6 +177,18 @@ impl VmBuilder {
     /// Stops the VM with [`crate::VmExit::DeadlineExceeded`] this long after `start()`.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
+        self
+    }
+
+    /// A virtio-net device on `tap` (the guest's `eth0`, with `mac`). The VM owns the tap from
+    /// `start()` on: it is closed, and a non-persistent tap removed, when the VM is dropped. What
+    /// the guest can reach through it is the host's business (routes, nftables). A builder cloned
+    /// after this call shares the tap: start only one VM from it.
+    pub fn net(mut self, tap: Tap, mac: [u8; 6]) -> Self {
+        self.net = Some(NetSpec {
+            tap: Arc::new(tap),
+            mac,
+        });
         self
     }
 
@@ -274,6 +296,17 @@ impl VmBuilder {
             dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
         }
 
+        let net_stats = match &self.net {
+            Some(n) => {
+                let dev = Net::new(n.tap.clone(), n.mac)?;
+                let stats = dev.stats();
+                let dev: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(dev));
+                dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
+                Some(stats)
+            }
+            None => None,
+        };
+
         let vsock = match self.vsock_cid {
             Some(cid) => {
                 let (dev, handle) = Vsock::new(cid)?;
@@ -331,6 +364,7 @@ impl VmBuilder {
             console_log: self.console_log.clone(),
             console_tail: tail,
             vsock,
+            net_stats,
             _kvm: Some(kvm_vm),
             ram,
         };

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::io;
@@ -190,6 +191,21 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
     fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError>;
     /// Driver wrote 0 to Status. Drop queues/state; return false if reset is not supported.
     fn reset(&mut self) -> bool;
+}
+
+/// A ready split queue of `2^(size_log2 % 9)` entries at the given ring addresses: the queue
+/// the fuzz targets drive from fuzzed guest memory (not a stable API).
+#[doc(hidden)]
+pub fn fuzz_queue(size_log2: u8, desc: u64, avail: u64, used: u64) -> Option<virtio_queue::Queue> {
+    use virtio_queue::QueueT;
+    use vm_memory::GuestAddress;
+    let mut queue = virtio_queue::Queue::new(256).ok()?;
+    queue.try_set_size(1u16 << (size_log2 % 9)).ok()?;
+    queue.try_set_desc_table_address(GuestAddress(desc)).ok()?;
+    queue.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
+    queue.try_set_used_ring_address(GuestAddress(used)).ok()?;
+    queue.set_ready(true);
+    Some(queue)
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{Disk, ID_BYTES, SECTOR_SIZE};
 use super::{Served, serve_queue};
+use crate::devices::virtio::fuzz_queue;
 
 /// Guest memory size; addresses at or beyond it are invalid.
 const MEM_SIZE: usize = 0x1_0000;
@@ -57,21 +57,9 @@ pub fn fuzz_block_queue(data: &[u8]) -> Served {
     if mem.write_slice(image, GuestAddress(0)).is_err() {
         return total;
     }
-    let Ok(mut queue) = Queue::new(256) else {
+    let Some(mut queue) = fuzz_queue(params[0], DESC, AVAIL, USED) else {
         return total;
     };
-    if queue.try_set_size(1u16 << (params[0] % 9)).is_err()
-        || queue
-            .try_set_desc_table_address(GuestAddress(DESC))
-            .is_err()
-        || queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL))
-            .is_err()
-        || queue.try_set_used_ring_address(GuestAddress(USED)).is_err()
-    {
-        return total;
-    }
-    queue.set_ready(true);
     let Some(mut disk) = memory_disk(u64::from(params[2]), params[1] & 1 != 0) else {
         return total;
     };
@@ -155,6 +143,7 @@ pub fn seed_requests() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_queue::{Queue, QueueT};
 
     #[test]
     fn seed_serves_every_chain() {

@@ -36,7 +36,7 @@ pub mod fuzzing;
 #[cfg(test)]
 mod stress_tests;
 #[cfg(test)]
-mod test_driver;
+pub(crate) mod test_driver;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,201 @@
+//! VM networking end to end: a booted guest gets `eth0` on a tap, reaches a public address
+//! (NATed behind the host) and nothing else: not the host, not private or link-local ranges;
+//! the tap goes away with the VM. Everything runs in a network namespace of the test's own,
+//! which plays the host (hearth's nftables table, IPv4 forwarding, the taps); a second one plays
+//! the internet. Needs root, /dev/kvm with hardware virtualization, the guest artifacts, and
+//! `ip` and `nft` (harness/run-vm-tests.sh passes them into the emulated-SVM machine).
+
+use hearth::sandbox::artifacts::GuestArtifacts;
+use hearth::sandbox::network::{HostNetwork, NetworkOptions, TAP_PREFIX};
+use hearth::sandbox::vm::VmIsolation;
+use hearth::sandbox::{Isolation, SandboxSpec};
+use hearth_agent::proto::ExecSpec;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn artifacts() -> GuestArtifacts {
+    let var = |k: &str| {
+        let p = PathBuf::from(std::env::var_os(k).unwrap_or_else(|| {
+            panic!(
+                "{k} is not set: run `eval \"$(harness/artifacts.sh)\"` or harness/run-vm-tests.sh"
+            )
+        }));
+        assert!(p.is_file(), "{k}={} does not exist", p.display());
+        p
+    };
+    GuestArtifacts {
+        kernel: var("HEARTH_KERNEL"),
+        rootfs: var("HEARTH_ROOTFS"),
+    }
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh")
+        .args(["-ec", script])
+        .output()
+        .expect("running sh");
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The "internet" namespace, removed on drop.
+struct Internet(String);
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A TCP server on `port` in the calling thread's namespace that answers every connection with
+/// the peer address it saw.
+fn serve_here(port: u16) {
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.write_all(format!("{peer}\n").as_bytes());
+        }
+    });
+}
+
+fn serve_in(ns: &str, port: u16) {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("namespace file");
+        // SAFETY: setns(2) with an fd that stays open across the call; it only changes this
+        // thread's network namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        serve_here(port);
+    })
+    .join()
+    .expect("server thread");
+}
+
+#[test]
+fn a_guest_reaches_the_internet_and_nothing_private() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root (namespaces, taps, nftables)"
+    );
+    let artifacts = artifacts();
+    // This thread, the runtime's threads and every child process from here on live in a fresh
+    // network namespace: the host's own network and firewall stay untouched.
+    // SAFETY: unshare(2) only changes this thread's namespace membership.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    let inet = Internet(format!("hth-inet-{}", std::process::id()));
+    let i = &inet.0;
+    sh(&format!(
+        "ip link set lo up
+         ip netns add {i}; ip -n {i} link set lo up
+         ip link add up0 type veth peer name eth0 netns {i}
+         ip addr add 203.0.113.1/24 dev up0; ip link set up0 up
+         ip route add 10.99.0.0/24 via 203.0.113.2
+         ip route add 169.254.169.254/32 via 203.0.113.2
+         ip -n {i} addr add 203.0.113.2/24 dev eth0; ip -n {i} link set eth0 up
+         ip -n {i} addr add 10.99.0.2/32 dev lo; ip -n {i} addr add 169.254.169.254/32 dev lo
+         ip -n {i} route add default via 203.0.113.1"
+    ));
+    serve_in(i, 8080);
+    serve_here(8081);
+
+    let net = HostNetwork::setup(NetworkOptions {
+        dns: Ipv4Addr::new(203, 0, 113, 53),
+        ..NetworkOptions::default()
+    })
+    .expect("host networking");
+    let iso = VmIsolation::new(artifacts)
+        .deadline(Some(Duration::from_secs(600)))
+        .network(Arc::new(net));
+    let spec = SandboxSpec {
+        name: "vm-net".into(),
+        cpus: 1,
+        memory_mib: 256,
+        workspace: None,
+        workspace_disk_mib: 0,
+        sync_back: false,
+        network: true,
+        ready_timeout: Duration::from_secs(300),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Asked over netlink (`ip`): /sys/class/net shows the namespace sysfs was mounted in.
+    let tap = format!("{TAP_PREFIX}0");
+    let tap_exists = |name: &str| {
+        Command::new("ip")
+            .args(["link", "show", name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running ip")
+            .success()
+    };
+    let out = rt.block_on(async {
+        let sb = iso.start(&spec).await.expect("VM with a network link");
+        assert!(tap_exists(&tap), "{tap}: the VM's tap");
+        // Each probe prints "<name> <answer or the exit status>"; blocked paths time out.
+        let script = r#"
+            probe() { echo "$1 $(timeout 4 bash -c "exec 3<>/dev/tcp/$2/$3 && head -n1 <&3" 2>/dev/null || echo "exit=$?")"; }
+            echo "mac $(cat /sys/class/net/eth0/address)"
+            echo "dns $(cat /etc/resolv.conf | tr '\n' ' ')"
+            probe public 203.0.113.2 8080
+            probe private 10.99.0.2 8080
+            probe linklocal 169.254.169.254 8080
+            probe gateway 10.213.0.1 8081
+            probe host 203.0.113.1 8081
+        "#;
+        let out = sb
+            .client()
+            .exec_collect(ExecSpec::script(script))
+            .await
+            .expect("exec through the agent");
+        sb.teardown().await.expect("teardown");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    eprintln!("guest said:\n{out}");
+    let said = |what: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} ")))
+            .unwrap_or_else(|| panic!("no {what} line in:\n{out}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(said("mac"), "02:68:74:00:00:00");
+    assert!(said("dns").contains("nameserver 203.0.113.53"), "{out}");
+    assert_eq!(
+        said("public"),
+        "203.0.113.1",
+        "public address reached, NATed"
+    );
+    for blocked in ["private", "linklocal", "gateway", "host"] {
+        assert_eq!(
+            said(blocked),
+            "exit=124",
+            "{blocked} must time out (dropped):\n{out}"
+        );
+    }
+    assert!(!tap_exists(&tap), "{tap} outlived its VM");
+}
