@@ -34,6 +34,19 @@ fn artifacts() -> GuestArtifacts {
     }
 }
 
+/// iproute2's `ip` by absolute path: busybox's shell (the emulated-SVM machine's `sh`) would run
+/// its own, much smaller `ip` applet for a bare `ip`.
+fn ip_bin() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(|d| PathBuf::from(d).join("ip"))
+        .find(|p| {
+            p.is_file() && std::fs::canonicalize(p).is_ok_and(|real| !real.ends_with("busybox"))
+        })
+        .map(|p| p.display().to_string())
+        .expect("iproute2's ip not found in PATH")
+}
+
 fn sh(script: &str) {
     let out = Command::new("sh")
         .args(["-ec", script])
@@ -104,17 +117,17 @@ fn a_guest_reaches_the_internet_and_nothing_private() {
         std::io::Error::last_os_error()
     );
     let inet = Internet(format!("hth-inet-{}", std::process::id()));
-    let i = &inet.0;
+    let (i, ip) = (&inet.0, ip_bin());
     sh(&format!(
-        "ip link set lo up
-         ip netns add {i}; ip -n {i} link set lo up
-         ip link add up0 type veth peer name eth0 netns {i}
-         ip addr add 203.0.113.1/24 dev up0; ip link set up0 up
-         ip route add 10.99.0.0/24 via 203.0.113.2
-         ip route add 169.254.169.254/32 via 203.0.113.2
-         ip -n {i} addr add 203.0.113.2/24 dev eth0; ip -n {i} link set eth0 up
-         ip -n {i} addr add 10.99.0.2/32 dev lo; ip -n {i} addr add 169.254.169.254/32 dev lo
-         ip -n {i} route add default via 203.0.113.1"
+        "{ip} link set lo up
+         {ip} netns add {i}; {ip} -n {i} link set lo up
+         {ip} link add up0 type veth peer name eth0 netns {i}
+         {ip} addr add 203.0.113.1/24 dev up0; {ip} link set up0 up
+         {ip} route add 10.99.0.0/24 via 203.0.113.2
+         {ip} route add 169.254.169.254/32 via 203.0.113.2
+         {ip} -n {i} addr add 203.0.113.2/24 dev eth0; {ip} -n {i} link set eth0 up
+         {ip} -n {i} addr add 10.99.0.2/32 dev lo; {ip} -n {i} addr add 169.254.169.254/32 dev lo
+         {ip} -n {i} route add default via 203.0.113.1"
     ));
     serve_in(i, 8080);
     serve_here(8081);

@@ -198,11 +198,6 @@ impl HostNetwork {
         }
         Err(NetworkError::PoolExhausted(slots))
     }
-
-    /// Removes the table (taps go away with their VMs on their own).
-    pub fn remove_rules() -> Result<(), NetworkError> {
-        Ok(nftables::remove()?)
-    }
 }
 
 #[cfg(test)]

@@ -119,25 +119,6 @@ pub fn check(text: &str) -> Result<(), NftError> {
     nft(&["-c", "-f", "-"], Some(text), "checking the hearth table").map(drop)
 }
 
-/// The table as loaded, or `None` when there is none.
-pub fn show() -> Result<Option<String>, NftError> {
-    match nft(
-        &["list", "table", "inet", TABLE],
-        None,
-        "listing the hearth table",
-    ) {
-        Ok(text) => Ok(Some(text)),
-        Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes the table (nothing to do when there is none).
-pub fn remove() -> Result<(), NftError> {
-    let text = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
-    nft(&["-f", "-"], Some(&text), "removing the hearth table").map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
