@@ -171,7 +171,10 @@ fn a_guest_reaches_the_internet_and_nothing_private() {
         assert!(tap_exists(&tap), "{tap}: the VM's tap");
         // Each probe prints "<name> <answer or the exit status>"; blocked paths time out.
         let script = r#"
-            probe() { echo "$1 $(timeout 4 bash -c "exec 3<>/dev/tcp/$2/$3 && head -n1 <&3" 2>/dev/null || echo "exit=$?")"; }
+            probe() {
+                echo "$1 $(timeout 4 bash -c "exec 3<>/dev/tcp/$2/$3 && head -n1 <&3" 2>/dev/null \
+                    || echo "exit=$?")"
+            }
             echo "mac $(cat /sys/class/net/eth0/address)"
             echo "dns $(cat /etc/resolv.conf | tr '\n' ' ')"
             probe public 203.0.113.2 8080

@@ -190,7 +190,8 @@ impl Net {
                 Ok(_) => match self.tap.write_frame(&self.tx_buf) {
                     Ok(_) => NetStats::bump(&self.stats.tx_frames),
                     Err(e) => {
-                        tracing::debug!(error = %e, len = self.tx_buf.len(), "net: tap refused a TX frame");
+                        let len = self.tx_buf.len();
+                        tracing::debug!(error = %e, len, "net: tap refused a TX frame");
                         NetStats::bump(&self.stats.tx_dropped);
                     }
                 },
