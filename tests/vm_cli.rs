@@ -9,6 +9,7 @@
 mod git_server;
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -61,9 +62,16 @@ fn run(args: &[&str]) -> Output {
 
 /// Runs `hearth ARGS` with `env` added to the environment, killing it after [`LIMIT`].
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_with(args, env, |_| {})
+}
+
+/// [`run_env`], with `setup` applied to the command before it is spawned.
+fn run_with(args: &[&str], env: &[(&str, &str)], setup: impl FnOnce(&mut Command)) -> Output {
     require_vm();
     let start = Instant::now();
-    let mut child = Command::new(hearth())
+    let mut cmd = Command::new(hearth());
+    setup(&mut cmd);
+    let mut child = cmd
         .args(args)
         .envs(env.iter().copied())
         .env("HEARTH_LOG", "info")
@@ -226,6 +234,44 @@ fn exec_streams_output_and_exits_with_the_command_code() {
         "stderr"
     );
     assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn exec_network_gives_the_guest_eth0_its_address_route_and_resolver() {
+    // hearth runs in a network namespace of its own, so its nftables table, the forwarding
+    // switch and the tap stay off this machine's network (vm_net covers what gets through).
+    let in_new_netns = |cmd: &mut Command| {
+        // SAFETY: the closure runs in the forked child before exec and only calls unshare(2),
+        // which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    };
+    let script = "cat /sys/class/net/eth0/address; grep nameserver /etc/resolv.conf; \
+                  grep -c . /proc/net/route; grep eth0 /proc/net/route";
+    let out = run_with(
+        &["exec", "--network", "--", "sh", "-c", script],
+        &[("HEARTH_VM_DNS", "203.0.113.53")],
+        in_new_netns,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("02:68:74:00:00:00\n"), "{stdout}");
+    assert!(stdout.contains("nameserver 203.0.113.53"), "{stdout}");
+    // /proc/net/route: the default route (destination 0) via 10.213.0.1 (0100D50A, little
+    // endian) and the /30 link.
+    assert!(stdout.contains("eth0\t00000000\t0100D50A"), "{stdout}");
+    assert!(stdout.contains("eth0\t0000D50A\t00000000"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VM network link") && stderr.contains("hearth0"),
+        "the VM network link is logged"
+    );
 }
 
 #[test]
