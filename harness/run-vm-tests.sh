@@ -112,7 +112,8 @@ for t in "${tests[@]}"; do
     # the last attempt's crash fails the suite as before.
     extra_args=()
     case "$name" in
-        vm_cli|vm_job|vm_job_load) extra_args=("${git_args[@]}") ;;
+        vm_cli) extra_args=("${git_args[@]}" "${net_args[@]}") ;;
+        vm_job|vm_job_load) extra_args=("${git_args[@]}") ;;
         vm_net) extra_args=("${net_args[@]}") ;;
     esac
     stalls=0
