@@ -1,6 +1,6 @@
 //! VM networking end to end: a booted guest gets `eth0` on a tap, reaches a public address
 //! (NATed behind the host) and nothing else: not the host, not private or link-local ranges;
-//! the tap goes away with the VM. Everything runs in a network namespace of the test's own,
+//! the tap goes away with the VM, and with a `hearth exec --network` killed by SIGKILL. Everything runs in a network namespace of the test's own,
 //! which plays the host (hearth's nftables table, IPv4 forwarding, the taps); a second one plays
 //! the internet. Needs root, /dev/kvm with hardware virtualization, the guest artifacts, and
 //! `ip` and `nft` (harness/run-vm-tests.sh passes them into the emulated-SVM machine).
@@ -214,4 +214,35 @@ fn a_guest_reaches_the_internet_and_nothing_private() {
         );
     }
     assert!(!tap_exists(&tap), "{tap} outlived its VM");
+
+    // A hearth killed outright (SIGKILL, no teardown) leaves no tap behind either: the kernel
+    // removes a non-persistent tap with its last file descriptor.
+    let mut child = Command::new(hearth_bin())
+        .args(["exec", "--network", "--", "sleep", "600"])
+        .env("HEARTH_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning hearth exec --network");
+    let since = std::time::Instant::now();
+    while !tap_exists(&tap) {
+        assert!(
+            since.elapsed() < Duration::from_secs(300),
+            "hearth exec --network made no tap in 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "hearth exec ended early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    assert!(!tap_exists(&tap), "{tap} outlived a killed hearth");
+}
+
+fn hearth_bin() -> PathBuf {
+    match std::env::var_os("HEARTH_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_hearth")),
+    }
 }
