@@ -5,10 +5,12 @@
 //! iproute2 + nftables (the test suite installs them); fails, never skips, without them.
 //! The same rules on real taps and a booted guest: `vm_net` (VM suite).
 
+mod net_common;
+
 use hearth::sandbox::network::{TAP_PREFIX, nftables};
+use net_common::{answer_with_peer_address, in_netns, sh};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,18 +32,6 @@ fn names() -> Names {
     }
 }
 
-fn sh(script: &str) {
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .output()
-        .expect("running sh (iproute2 and nftables needed)");
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Drop for Names {
     fn drop(&mut self) {
         for ns in [&self.router, &self.guest1, &self.guest2, &self.inet] {
@@ -50,35 +40,12 @@ impl Drop for Names {
     }
 }
 
-/// Runs `f` on a thread that has joined namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("namespace file");
-        // SAFETY: setns(2) with a namespace fd that stays open across the call; it only changes
-        // this thread's network namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
 /// A server in `ns` on `port` that answers every connection with the peer address it saw.
 fn serve(ns: &str, port: u16) {
     let listener = in_netns(ns, move || {
         TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind")
     });
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let peer = conn
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let _ = conn.write_all(peer.as_bytes());
-        }
-    });
+    answer_with_peer_address(listener);
 }
 
 /// From `ns`: Some(what the server said) when a connection to `to` was made, None on timeout.
@@ -92,7 +59,7 @@ fn connect(ns: &str, to: SocketAddr) -> Option<String> {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut said = String::new();
         s.read_to_string(&mut said).expect("reading the answer");
-        Some(said)
+        Some(said.trim_end().to_string())
     })
 }
 

@@ -1,38 +1,23 @@
 //! VM networking end to end: a booted guest gets `eth0` on a tap, reaches a public address
 //! (NATed behind the host) and nothing else: not the host, not private or link-local ranges;
-//! the tap goes away with the VM, and with a `hearth exec --network` killed by SIGKILL. Everything runs in a network namespace of the test's own,
-//! which plays the host (hearth's nftables table, IPv4 forwarding, the taps); a second one plays
-//! the internet. Needs root, /dev/kvm with hardware virtualization, the guest artifacts, and
+//! the tap goes away with the VM, and with a `hearth exec --network` killed by SIGKILL.
+//! Everything runs in a network namespace of the test's own, which plays the host (hearth's
+//! nftables table, IPv4 forwarding, the taps); a second one plays the internet. Needs root, /dev/kvm with hardware virtualization, the guest artifacts, and
 //! `ip` and `nft` (harness/run-vm-tests.sh passes them into the emulated-SVM machine).
 
-use hearth::sandbox::artifacts::GuestArtifacts;
+mod job_common;
+mod net_common;
+
 use hearth::sandbox::network::{HostNetwork, NetworkOptions, TAP_PREFIX};
 use hearth::sandbox::vm::VmIsolation;
 use hearth::sandbox::{Isolation, SandboxSpec};
 use hearth_agent::proto::ExecSpec;
-use std::io::Write;
+use net_common::{answer_with_peer_address, in_netns, sh};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn artifacts() -> GuestArtifacts {
-    let var = |k: &str| {
-        let p = PathBuf::from(std::env::var_os(k).unwrap_or_else(|| {
-            panic!(
-                "{k} is not set: run `eval \"$(harness/artifacts.sh)\"` or harness/run-vm-tests.sh"
-            )
-        }));
-        assert!(p.is_file(), "{k}={} does not exist", p.display());
-        p
-    };
-    GuestArtifacts {
-        kernel: var("HEARTH_KERNEL"),
-        rootfs: var("HEARTH_ROOTFS"),
-    }
-}
 
 /// iproute2's `ip` by absolute path: busybox's shell (the emulated-SVM machine's `sh`) would run
 /// its own, much smaller `ip` applet for a bare `ip`.
@@ -47,18 +32,6 @@ fn ip_bin() -> String {
         .expect("iproute2's ip not found in PATH")
 }
 
-fn sh(script: &str) {
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .output()
-        .expect("running sh");
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The "internet" namespace, removed on drop.
 struct Internet(String);
 
@@ -68,33 +41,8 @@ impl Drop for Internet {
     }
 }
 
-/// A TCP server on `port` in the calling thread's namespace that answers every connection with
-/// the peer address it saw.
-fn serve_here(port: u16) {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let peer = conn
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let _ = conn.write_all(format!("{peer}\n").as_bytes());
-        }
-    });
-}
-
-fn serve_in(ns: &str, port: u16) {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("namespace file");
-        // SAFETY: setns(2) with an fd that stays open across the call; it only changes this
-        // thread's network namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        serve_here(port);
-    })
-    .join()
-    .expect("server thread");
+fn bind(port: u16) -> TcpListener {
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind")
 }
 
 #[test]
@@ -105,7 +53,7 @@ fn a_guest_reaches_the_internet_and_nothing_private() {
         0,
         "needs root (namespaces, taps, nftables)"
     );
-    let artifacts = artifacts();
+    let artifacts = job_common::vm::artifacts();
     // This thread, the runtime's threads and every child process from here on live in a fresh
     // network namespace: the host's own network and firewall stay untouched.
     // SAFETY: unshare(2) only changes this thread's namespace membership.
@@ -129,8 +77,8 @@ fn a_guest_reaches_the_internet_and_nothing_private() {
          {ip} -n {i} addr add 10.99.0.2/32 dev lo; {ip} -n {i} addr add 169.254.169.254/32 dev lo
          {ip} -n {i} route add default via 203.0.113.1"
     ));
-    serve_in(i, 8080);
-    serve_here(8081);
+    answer_with_peer_address(in_netns(i, || bind(8080)));
+    answer_with_peer_address(bind(8081));
 
     let net = HostNetwork::setup(NetworkOptions {
         dns: Ipv4Addr::new(203, 0, 113, 53),

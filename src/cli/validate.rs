@@ -168,7 +168,7 @@ fn check_network(r: &mut Report, off: bool) {
         );
     }
     let (pool, prefix) = opts.pool;
-    match nftables::check(&nftables::ruleset(TAP_PREFIX, pool, prefix)) {
+    match nftables::check(&opts.ruleset()) {
         Ok(()) => r.ok(
             "network",
             format!(

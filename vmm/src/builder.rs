@@ -296,16 +296,11 @@ impl VmBuilder {
             dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
         }
 
-        let net_stats = match &self.net {
-            Some(n) => {
-                let dev = Net::new(n.tap.clone(), n.mac)?;
-                let stats = dev.stats();
-                let dev: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(dev));
-                dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
-                Some(stats)
-            }
-            None => None,
-        };
+        if let Some(n) = &self.net {
+            let dev: Arc<Mutex<dyn VirtioDevice>> =
+                Arc::new(Mutex::new(Net::new(n.tap.clone(), n.mac)?));
+            dm.add_virtio(&kvm_vm.fd, &mem, dev, &mut cmdline)?;
+        }
 
         let vsock = match self.vsock_cid {
             Some(cid) => {
@@ -364,7 +359,6 @@ impl VmBuilder {
             console_log: self.console_log.clone(),
             console_tail: tail,
             vsock,
-            net_stats,
             _kvm: Some(kvm_vm),
             ram,
         };

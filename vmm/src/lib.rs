@@ -31,7 +31,6 @@ pub use builder::{DEFAULT_CMDLINE, VmBuilder};
 pub use timings::BootTimings;
 
 use crate::devices::console::ConsoleTail;
-pub use crate::devices::virtio::net::NetStats;
 pub use crate::devices::virtio::net::tap::{Tap, TapError};
 pub use crate::devices::virtio::vsock::{VsockHandle, VsockListener, VsockStream};
 use crate::vstate::control::VmControl;
@@ -147,7 +146,6 @@ pub struct Vm {
     console_log: Option<PathBuf>,
     console_tail: ConsoleTail,
     vsock: Option<VsockHandle>,
-    net_stats: Option<Arc<devices::virtio::net::NetStats>>,
     // Dropped after the threads are joined (field order): the KVM VM, then guest memory, which
     // is unmapped once nothing refers to it any more.
     _kvm: Option<vstate::vm::KvmVm>,
@@ -172,11 +170,6 @@ impl Vm {
     /// The host side of the guest's vsock device (cheap to clone).
     pub fn vsock(&self) -> Option<&VsockHandle> {
         self.vsock.as_ref()
-    }
-
-    /// The network device's frame counters, when the VM has one.
-    pub fn net_stats(&self) -> Option<&devices::virtio::net::NetStats> {
-        self.net_stats.as_deref()
     }
 
     /// Connects to guest vsock port `port` (the guest must be listening).

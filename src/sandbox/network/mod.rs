@@ -63,6 +63,11 @@ impl NetworkOptions {
         Ok(o)
     }
 
+    /// The `inet hearth` table for these options ([`nftables::ruleset`]).
+    pub fn ruleset(&self) -> String {
+        nftables::ruleset(TAP_PREFIX, self.pool.0, self.pool.1)
+    }
+
     /// How many /30 links the pool holds.
     pub fn slots(&self) -> u32 {
         1u32 << (30 - u32::from(self.pool.1.min(30)))
@@ -141,21 +146,17 @@ impl HostNetwork {
         if unsafe { libc::geteuid() } != 0 {
             return Err(NetworkError::NotRoot);
         }
-        let (pool, prefix) = opts.pool;
-        nftables::install(&nftables::ruleset(TAP_PREFIX, pool, prefix))?;
+        nftables::install(&opts.ruleset())?;
         let forwarding =
             std::fs::read_to_string(SYSCTL_IP_FORWARD).map_err(NetworkError::Forwarding)?;
         if forwarding.trim() != "1" {
             std::fs::write(SYSCTL_IP_FORWARD, "1").map_err(NetworkError::Forwarding)?;
             tracing::warn!("VM networking: turned on IPv4 forwarding (net.ipv4.ip_forward=1)");
         }
+        let (pool, prefix) = opts.pool;
         tracing::info!(pool = %format!("{pool}/{prefix}"), dns = %opts.dns,
             "VM networking: nftables table inet {} loaded", nftables::TABLE);
         Ok(HostNetwork { opts })
-    }
-
-    pub fn options(&self) -> &NetworkOptions {
-        &self.opts
     }
 
     /// Takes the first free slot of the pool: creates its tap, gives the host end its address

@@ -193,6 +193,17 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
     fn reset(&mut self) -> bool;
 }
 
+/// Copies the bytes of a device's config space `config` at `offset` into `data`; bytes past its
+/// end read as 0 (what every device's [`VirtioDevice::read_config`] does, never a panic).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(start) = usize::try_from(offset).ok().filter(|&s| s < config.len()) else {
+        return;
+    };
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
+
 /// A ready split queue of `2^(size_log2 % 9)` entries at the given ring addresses: the queue
 /// the fuzz targets drive from fuzzed guest memory (not a stable API).
 #[doc(hidden)]
@@ -236,6 +247,17 @@ mod tests {
             "acknowledged"
         );
         assert!(irq.irqfd().read().is_err(), "no further signal");
+    }
+
+    #[test]
+    fn config_reads_past_the_end_are_zero() {
+        let mut d = [0xff; 4];
+        read_config_bytes(&[1, 2, 3], 1, &mut d);
+        assert_eq!(d, [2, 3, 0, 0]);
+        read_config_bytes(&[1, 2, 3], 3, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config_bytes(&[1, 2, 3], u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use self::request::{Disk, ID_BYTES, SECTOR_SIZE};
 use super::{
     ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VirtioDevice,
+    VirtioDevice, read_config_bytes,
 };
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -254,15 +254,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config.len() {
-            return;
-        }
-        let n = data.len().min(self.config.len() - start);
-        data[..n].copy_from_slice(&self.config[start..start + n]);
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

@@ -25,7 +25,7 @@ use self::frame::{MAX_FRAME_LEN, VNET_HDR_LEN};
 use self::tap::Tap;
 use super::{
     ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_NET, VIRTIO_F_VERSION_1,
-    VirtioDevice,
+    VirtioDevice, read_config_bytes,
 };
 
 /// VIRTIO_NET_F_MAC: the config space holds the MAC address.
@@ -117,11 +117,6 @@ impl Net {
     /// The frame counters.
     pub fn stats(&self) -> Arc<NetStats> {
         self.stats.clone()
-    }
-
-    /// The tap's interface name.
-    pub fn tap_name(&self) -> &str {
-        self.tap.name()
     }
 
     /// Moves frames from the tap into RX buffers until the tap is empty or the buffers run out.
@@ -315,15 +310,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.mac.len() {
-            return;
-        }
-        let n = data.len().min(self.mac.len() - start);
-        data[..n].copy_from_slice(&self.mac[start..start + n]);
+        read_config_bytes(&self.mac, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

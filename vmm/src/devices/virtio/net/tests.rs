@@ -62,13 +62,56 @@ fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
     .expect("netns thread")
 }
 
+/// Tap `name` with HOST_IP/24, up, and a device on it whose guest side has GUEST_MAC.
+fn device_on_a_tap(name: &str) -> Net {
+    let tap = Tap::open(name).expect("a tap (root and /dev/net/tun needed)");
+    run(&format!(
+        "ip addr add 10.200.0.1/24 dev {name} && ip link set {name} up"
+    ));
+    Net::new(Arc::new(tap), GUEST_MAC).unwrap()
+}
+
+/// The guest driver's side of an activated device.
+struct Driver {
+    mem: GuestMemoryMmap,
+    rx: DriverQueue,
+    tx: DriverQueue,
+    kicks: Vec<EventFd>,
+    irq: Arc<IrqTrigger>,
+}
+
+/// Activates `dev` with fresh queues in fresh guest memory, as the transport does.
+fn activate(dev: &Mutex<Net>) -> Driver {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    let rx = DriverQueue::new(0x1_0000, 0x10_0000);
+    let tx = DriverQueue::new(0x2_0000, 0x60_0000);
+    let kicks: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let irq = Arc::new(IrqTrigger::new().unwrap());
+    dev.lock()
+        .unwrap()
+        .activate(ActivateArgs {
+            mem: mem.clone(),
+            queues: vec![rx.device_queue(), tx.device_queue()],
+            queue_evts: kicks.iter().map(|e| e.try_clone().unwrap()).collect(),
+            irq: irq.clone(),
+            acked_features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+    Driver {
+        mem,
+        rx,
+        tx,
+        kicks,
+        irq,
+    }
+}
+
 #[test]
 fn an_arp_request_out_of_the_guest_gets_the_host_kernels_reply_back() {
     in_new_netns(|| {
-        let tap = Tap::open("hthtest0").expect("a tap (root and /dev/net/tun needed)");
-        run("ip addr add 10.200.0.1/24 dev hthtest0 && ip link set hthtest0 up");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let net = Net::new(Arc::new(tap), GUEST_MAC).unwrap();
+        let net = device_on_a_tap("hthtest0");
         let stats = net.stats();
         let mut cfg = [0u8; 8];
         net.read_config(0, &mut cfg);
@@ -84,22 +127,13 @@ fn an_arp_request_out_of_the_guest_gets_the_host_kernels_reply_back() {
                 em.run_with_timeout(10).unwrap();
             }
         });
-        let mut rx = DriverQueue::new(0x1_0000, 0x10_0000);
-        let mut tx = DriverQueue::new(0x2_0000, 0x60_0000);
-        let kicks: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
-        let irq = Arc::new(IrqTrigger::new().unwrap());
-        dev.lock()
-            .unwrap()
-            .activate(ActivateArgs {
-                mem: mem.clone(),
-                queues: vec![rx.device_queue(), tx.device_queue()],
-                queue_evts: kicks.iter().map(|e| e.try_clone().unwrap()).collect(),
-                irq: irq.clone(),
-                acked_features: VIRTIO_F_VERSION_1,
-            })
-            .unwrap();
+        let Driver {
+            mem,
+            mut rx,
+            mut tx,
+            kicks,
+            irq,
+        } = activate(&dev);
         for i in 0..16u16 {
             rx.push_chain(&mem, &[(rx.slot(i), 1526, VRING_DESC_F_WRITE as u16)]);
         }
@@ -151,27 +185,16 @@ fn an_arp_request_out_of_the_guest_gets_the_host_kernels_reply_back() {
 #[test]
 fn a_frame_without_rx_buffers_waits_for_the_guest_and_is_then_delivered() {
     in_new_netns(|| {
-        let tap = Tap::open("hthtest1").expect("a tap (root and /dev/net/tun needed)");
-        run("ip addr add 10.200.0.1/24 dev hthtest1 && ip link set hthtest1 up");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let dev = Arc::new(Mutex::new(Net::new(Arc::new(tap), GUEST_MAC).unwrap()));
-        let mut rx = DriverQueue::new(0x1_0000, 0x10_0000);
-        let mut tx = DriverQueue::new(0x2_0000, 0x60_0000);
-        let kicks: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
+        let dev = Arc::new(Mutex::new(device_on_a_tap("hthtest1")));
         let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
         em.add_subscriber(dev.clone());
-        dev.lock()
-            .unwrap()
-            .activate(ActivateArgs {
-                mem: mem.clone(),
-                queues: vec![rx.device_queue(), tx.device_queue()],
-                queue_evts: kicks.iter().map(|e| e.try_clone().unwrap()).collect(),
-                irq: Arc::new(IrqTrigger::new().unwrap()),
-                acked_features: VIRTIO_F_VERSION_1,
-            })
-            .unwrap();
+        let Driver {
+            mem,
+            mut rx,
+            mut tx,
+            kicks,
+            ..
+        } = activate(&dev);
         em.run_with_timeout(100).unwrap();
         // One chain with header + frame in one descriptor, no RX buffer posted.
         let mut one = vec![0u8; VNET_HDR_LEN];

@@ -267,14 +267,7 @@ impl VirtioDevice for Vsock {
 
     /// Config space: `guest_cid` as le64.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset.checked_add(i as u64);
-            *byte = at
-                .and_then(|a| usize::try_from(a).ok())
-                .and_then(|a| config.get(a).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
