@@ -358,6 +358,8 @@ impl VmBuilder {
             build_start,
             console_log: self.console_log.clone(),
             console_tail: tail,
+            kernel: self.kernel.clone(),
+            kernel_symbols: std::sync::OnceLock::new(),
             vsock,
             _kvm: Some(kvm_vm),
             ram,

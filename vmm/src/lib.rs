@@ -27,14 +27,28 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use builder::{DEFAULT_CMDLINE, VmBuilder};
+pub use builder::{DEFAULT_CMDLINE, REAL_MODE_CODE_ADDR, VmBuilder};
 pub use timings::BootTimings;
 
+use crate::arch::x86_64::symbols::{self, KernelSymbols};
 use crate::devices::console::ConsoleTail;
 pub use crate::devices::virtio::net::tap::{Tap, TapError};
 pub use crate::devices::virtio::vsock::{VsockHandle, VsockListener, VsockStream};
 use crate::vstate::control::VmControl;
 use crate::vstate::memory::GuestRam;
+pub use crate::vstate::probe::VcpuState;
+
+/// The vCPU states of a report, `; `-separated (`no vCPU answered` when empty).
+fn describe_vcpus(vcpus: &[VcpuState]) -> String {
+    if vcpus.is_empty() {
+        return "no vCPU answered".into();
+    }
+    vcpus
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +146,13 @@ pub enum VmError {
         exit: VmExit,
     },
     /// The agent did not signal readiness in time.
-    #[error("agent not ready after {0:?}")]
-    ReadyTimeout(Duration),
+    #[error("agent not ready after {after:?}; where the guest was: {}", describe_vcpus(.vcpus))]
+    ReadyTimeout {
+        /// How long the caller waited.
+        after: Duration,
+        /// The vCPUs' registers when the wait ended (empty if none answered).
+        vcpus: Vec<VcpuState>,
+    },
 }
 
 /// A running VM. Dropping it kills the VM and joins its threads.
@@ -145,6 +164,9 @@ pub struct Vm {
     build_start: Instant,
     console_log: Option<PathBuf>,
     console_tail: ConsoleTail,
+    /// The kernel image, for naming the function a vCPU is in (see [`Vm::vcpu_states`]).
+    kernel: Option<PathBuf>,
+    kernel_symbols: std::sync::OnceLock<Option<KernelSymbols>>,
     vsock: Option<VsockHandle>,
     // Dropped after the threads are joined (field order): the KVM VM, then guest memory, which
     // is unmapped once nothing refers to it any more.
@@ -158,8 +180,60 @@ impl Vm {
         match self.control.wait_ready(timeout) {
             Ok(t) => Ok(t.saturating_duration_since(self.build_start)),
             Err(Some(exit)) => Err(VmError::ExitedBeforeReady { exit }),
-            Err(None) => Err(VmError::ReadyTimeout(timeout)),
+            Err(None) => Err(VmError::ReadyTimeout {
+                after: timeout,
+                vcpus: self.vcpu_states(Duration::from_secs(2)),
+            }),
         }
+    }
+
+    /// Each running vCPU's registers and exit counters now: every vCPU thread is kicked out of
+    /// the guest and reads its own registers; a `rip` in the kernel is named from the ELF
+    /// kernel's symbol table when it has one. vCPUs that do not answer within `timeout` (their
+    /// thread stopped, or stuck outside KVM_RUN) are missing from the list.
+    pub fn vcpu_states(&self, timeout: Duration) -> Vec<VcpuState> {
+        let probe = self.control.probe();
+        let generation = probe.request();
+        let running: Vec<&JoinHandle<()>> =
+            self.vcpus.iter().filter(|h| !h.is_finished()).collect();
+        let mut states = probe.collect(generation, running.len(), timeout, || {
+            for h in &running {
+                vstate::vcpu::kick(h);
+            }
+        });
+        let Some(guest) = self.kernel_symbols() else {
+            return states;
+        };
+        for s in states.iter_mut().filter(|s| s.error.is_none()) {
+            s.symbol = guest.describe(s.rip);
+        }
+        // A kernel-half address outside the guest kernel's text: is it the host kernel's code?
+        // (Only with the guest's symbols at hand: without them a guest kernel address could not
+        // be told from a host one.)
+        let unknown = |s: &VcpuState| {
+            s.error.is_none() && !guest.covers(s.rip) && s.rip >= 0xffff_8000_0000_0000
+        };
+        if states.iter().any(unknown)
+            && let Ok(table) = std::fs::read_to_string(symbols::HOST_KALLSYMS)
+        {
+            for s in states.iter_mut().filter(|s| unknown(s)) {
+                s.host_symbol = symbols::describe_host_address(&table, s.rip);
+            }
+        }
+        states
+    }
+
+    /// The kernel's function symbols, read once on first use (`None`: no ELF kernel, or no
+    /// symbol table in it).
+    fn kernel_symbols(&self) -> Option<&KernelSymbols> {
+        self.kernel_symbols
+            .get_or_init(|| {
+                let path = self.kernel.as_ref()?;
+                KernelSymbols::load(path)
+                    .map_err(|e| tracing::debug!(kernel = %path.display(), error = %e, "no kernel symbols"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// True once the agent signalled readiness.

@@ -76,6 +76,15 @@ impl Probe {
     }
 }
 
+/// Where `vm`'s vCPUs are now, one line each (see [`hearth_vmm::Vm::vcpu_states`]).
+pub fn vcpu_report(vm: &hearth_vmm::Vm) -> String {
+    let states = vm.vcpu_states(std::time::Duration::from_secs(2));
+    if states.is_empty() {
+        return "(no vCPU answered in 2 s)".into();
+    }
+    states.iter().map(|s| format!("{s}\n")).collect()
+}
+
 /// The last `n` bytes of `bytes` as (lossy) text.
 pub fn tail(bytes: &[u8], n: usize) -> String {
     String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(n)..]).into_owned()

@@ -118,6 +118,51 @@ fn spinning_guest_is_stopped_at_its_deadline() {
     );
 }
 
+/// A guest that never signals ready: the timeout names where its vCPUs were (the report an
+/// operator gets for a guest kernel spinning with nothing on its console).
+#[test]
+fn ready_timeout_reports_where_each_vcpu_spins() {
+    require_kvm();
+    // out 0x80,al (an unclaimed port: one exit to the VMM); cli; jmp $ (at offset 3)
+    let code = [0xe6, 0x80, 0xfa, 0xeb, 0xfe];
+    let mut vm = VmBuilder::new()
+        .real_mode_code(&code)
+        .memory_mib(16)
+        .vcpus(2)
+        .deadline(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let err = vm.wait_ready(Duration::from_millis(500)).unwrap_err();
+    let hearth_vmm::VmError::ReadyTimeout { after, vcpus } = &err else {
+        panic!("expected a ready timeout, got {err}");
+    };
+    assert_eq!(*after, Duration::from_millis(500));
+    // vCPU 1 (an AP) waits for an INIT/SIPI that never comes: KVM keeps it inside KVM_RUN, and
+    // it answers the kick too.
+    assert_eq!(vcpus.len(), 2, "{err}");
+    let bsp = &vcpus[0];
+    assert_eq!(bsp.id, 0);
+    assert_eq!(
+        bsp.rip,
+        u64::from(hearth_vmm::REAL_MODE_CODE_ADDR) + 3,
+        "{err}"
+    );
+    assert!(!bsp.interrupts_enabled(), "{err}");
+    // The port write, then at least the kick that fetched the registers.
+    assert!(bsp.exits >= 2, "{err}");
+    assert!(bsp.error.is_none(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("agent not ready after 500ms") && text.contains("vCPU0: rip 0x1003"),
+        "{text}"
+    );
+    // A second snapshot is a new one: the spinning vCPU's exit count only grows.
+    let again = vm.vcpu_states(Duration::from_secs(5));
+    assert_eq!(again.len(), 2);
+    assert!(again[0].exits > bsp.exits, "{again:?} after {vcpus:?}");
+    assert_eq!(vm.kill(), VmExit::Killed);
+}
+
 #[test]
 fn many_vms_leak_no_threads_or_fds() {
     require_kvm();

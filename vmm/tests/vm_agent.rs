@@ -66,9 +66,11 @@ async fn client(vm: &Vm) -> Client {
 /// the process's threads and the console tail.
 async fn failure_report(vm: &Vm) -> String {
     format!(
-        "VM exit: {:?}\n--- vsock device ---\n{}\n--- threads ---\n{}\n--- console tail ---\n{}",
+        "VM exit: {:?}\n--- vsock device ---\n{}\n--- vCPUs ---\n{}\n--- threads ---\n{}\n\
+         --- console tail ---\n{}",
         vm.exit(),
         vsock_state(vm).await,
+        common::vcpu_report(vm),
         common::thread_activity(),
         vm.console_tail()
     )
@@ -252,14 +254,18 @@ fn stream_hundred_mib(vm: &Vm) -> Result<(), String> {
                 Err(_) => {
                     let state = vsock_state(vm).await;
                     let threads = common::thread_cpu_use();
+                    let vcpus = common::vcpu_report(vm);
                     if let Some(why) = guest_hung_in_the_harness(&state, &threads) {
-                        return Err(format!("{why} after {} KiB:\n{state}", total >> 10));
+                        return Err(format!(
+                            "{why} after {} KiB:\n{state}\n--- vCPUs ---\n{vcpus}",
+                            total >> 10
+                        ));
                     }
                     let threads = common::thread_activity();
                     panic!(
                         "no output for {stall_limit:?} after {} KiB: the stream stalled\n\
-                             --- vsock device ---\n{state}\n--- threads ---\n{threads}\n\
-                             --- console tail ---\n{}",
+                             --- vsock device ---\n{state}\n--- vCPUs ---\n{vcpus}\n\
+                             --- threads ---\n{threads}\n--- console tail ---\n{}",
                         total >> 10,
                         vm.console_tail()
                     )

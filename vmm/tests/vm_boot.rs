@@ -102,6 +102,23 @@ fn tiny_rootfs_boots_to_agent_ready_body() {
     }
     eprintln!("boot timings: {}", vm.timings());
     assert!(vm.exit().is_none());
+    // Where the vCPU is, as a hang report would say it: its registers are read by its own
+    // (filtered) thread, and a kernel address is named from the vmlinux's symbol table.
+    let states = vm.vcpu_states(Duration::from_secs(10));
+    assert_eq!(states.len(), 1, "the one vCPU answers: {states:?}");
+    for s in &states {
+        eprintln!("after ready: {s}");
+        assert!(s.error.is_none() && s.exits > 0, "{s}");
+        if s.rip >= 0xffff_ffff_8000_0000 {
+            let sym = s.symbol.as_deref().unwrap_or_default();
+            assert!(sym.contains("+0x"), "kernel rip without a symbol: {s}");
+        }
+    }
+    assert!(
+        vm.exit().is_none(),
+        "the probe stopped the VM: {:?}",
+        vm.exit()
+    );
     // The guest ran under the filters: every vCPU and event-loop thread of this process is in
     // seccomp filter mode (the kernel's view, /proc/self/task/*/status).
     // (A thread of another test's VM that is just starting has not installed its filter yet:

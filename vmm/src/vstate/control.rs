@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::VmExit;
+use crate::vstate::probe::VcpuProbe;
 
 /// Timestamps of the boot phases.
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,6 +40,7 @@ pub struct VmControl {
     cond: Condvar,
     stop: AtomicBool,
     wake: EventFd,
+    probe: VcpuProbe,
 }
 
 impl VmControl {
@@ -49,6 +51,7 @@ impl VmControl {
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK)?,
+            probe: VcpuProbe::default(),
         })
     }
 
@@ -82,6 +85,11 @@ impl VmControl {
     /// The eventfd written on exit requests (watched by the event loop).
     pub fn wake_fd(&self) -> &EventFd {
         &self.wake
+    }
+
+    /// Requests for and answers of vCPU register snapshots.
+    pub fn probe(&self) -> &VcpuProbe {
+        &self.probe
     }
 
     /// Records a phase timestamp (first write wins).

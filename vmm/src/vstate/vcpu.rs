@@ -15,6 +15,7 @@ use crate::device_manager::bus::Bus;
 use crate::devices::virtio::GuestMemory;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::vstate::control::VmControl;
+use crate::vstate::probe::{LastExit, VcpuState};
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -170,12 +171,18 @@ pub fn spawn(
 }
 
 fn run_loop(vcpu: &mut VcpuFd, id: u8, buses: &Buses, control: &VmControl) {
+    let mut exits = 0u64;
+    let mut last_exit = LastExit::None;
+    let mut answered = 0;
     while !control.should_stop() {
         if id == 0 {
             control.stamp(|s| &mut s.kernel_entry);
         }
-        match vcpu.run() {
+        let run = vcpu.run();
+        exits += 1;
+        match run {
             Ok(exit) => {
+                last_exit = LastExit::of(&exit);
                 if let Some(e) = dispatch(exit, id, buses) {
                     if e == VmExit::TripleFault {
                         log_triple_fault(vcpu, id);
@@ -183,8 +190,15 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, buses: &Buses, control: &VmControl) {
                     control.request_exit(e);
                 }
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                last_exit = LastExit::Interrupted;
+            }
             Err(e) => control.request_exit(VmExit::Error(format!("vCPU {id}: KVM_RUN: {e}"))),
+        }
+        if let Some(generation) = control.probe().pending(answered) {
+            answered = generation;
+            let state = VcpuState::read(vcpu, id, exits, last_exit);
+            control.probe().answer(generation, state);
         }
     }
     tracing::debug!(id, "vCPU thread stops");

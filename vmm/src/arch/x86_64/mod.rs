@@ -6,6 +6,7 @@ pub mod kernel_reader;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod symbols;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
