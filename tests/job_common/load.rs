@@ -30,11 +30,20 @@ pub async fn jobs_leak_nothing(h: &E2e, n: usize, leftovers: impl Fn() -> Vec<St
     let started = Instant::now();
     let sum = h.work(n as u64, 2, h.timing().job_limit).await;
     let took = started.elapsed();
-    assert_eq!(
-        (sum.dequeued, sum.completed),
-        (n as u64, n as u64),
-        "{sum:?}"
-    );
+    if (sum.dequeued, sum.completed) != (n as u64, n as u64) {
+        // Say why: each unfinished job's record and its last log entries.
+        let why: Vec<String> = ids
+            .iter()
+            .map(|id| (id, h.record(*id)))
+            .filter(|(_, rec)| rec.state != JobState::Completed)
+            .map(|(id, rec)| {
+                let logs = h.logs(*id);
+                let tail = &logs[logs.len().saturating_sub(3)..];
+                format!("job {id}: {rec:?}\n  last log entries: {tail:#?}")
+            })
+            .collect();
+        panic!("{sum:?}: not every job completed\n{}", why.join("\n"));
+    }
     for id in &ids {
         let rec = h.record(*id);
         assert_eq!(rec.state, JobState::Completed, "{rec:?}");
