@@ -9,6 +9,7 @@
 # its stdout+stderr stream to ours, and our exit status is its exit status.
 # Exit statuses of our own: 124 time limit hit or the outer machine stalled (no heartbeat for
 # HEARTH_SVM_STALL_SECS, default 120), 125 harness failure (reason on stderr).
+# HEARTH_SVM_KVM_AMD_PARAMS: the outer kvm_amd's module parameters (default vgif=0, see below).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -17,7 +18,7 @@ HEARTH_LOG_TAG=svm-harness
 fail() { printf '[svm-harness] ERROR: %s\n' "$*" >&2; exit 125; }
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     cat >&2 <<'USAGE'
 Options:
   --timeout SECS     wall-clock limit for the whole outer machine (default 900)
@@ -148,6 +149,14 @@ nonce="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
     printf 'mkdir -p %q && cd %q || exit 125\n' "$workdir" "$workdir"
     printf '%q ' "$prog" "$@"; echo
 } >"$root/harness/cmd.sh"
+# kvm_amd's parameters in the outer machine. vgif=0: the outer KVM intercepts CLGI/STGI and
+# keeps the global interrupt flag itself instead of using the emulated CPU's virtual GIF. With
+# the virtual GIF (QEMU 7.2 TCG), guests were handed the outer kernel's own register state: a
+# hung guest's vCPU stood at the outer kvm_amd's __svm_vcpu_run+0x9c (just after its VMRUN) with
+# an outer kernel stack and page-table root, others triple-faulted at boot (3 failed boots in 36,
+# vm_boot looped in one machine; with vgif=0, 0 in 45; harness/README.md). Empty: kvm_amd's
+# defaults.
+kvm_amd_params="${HEARTH_SVM_KVM_AMD_PARAMS-vgif=0}"
 cat >"$root/init" <<INIT
 #!/harness/bin/busybox sh
 /harness/bin/busybox --install -s /harness/bin
@@ -165,7 +174,8 @@ report() { echo; echo "HEARTH_HARNESS_${nonce}_EXIT=\$1"; sync; poweroff -f; }
 # heartbeat stops, which happens only when the emulated machine as a whole makes no progress.
 [ -e /dev/ttyS1 ] && (while :; do echo beat; sleep 10; done >/dev/ttyS1 2>/dev/null &)
 while read -r m; do
-    insmod /harness/modules/\$m || { echo "[svm-harness] ERROR: insmod \$m failed" >&2; report 125; }
+    p=""; [ "\$m" != kvm-amd.ko ] || p="$kvm_amd_params"
+    insmod /harness/modules/\$m \$p || { echo "[svm-harness] ERROR: insmod \$m \$p failed" >&2; report 125; }
 done </harness/modules/modules.list
 for dev in kvm vhost-vsock; do
     [ -e /dev/\$dev ] || { echo "[svm-harness] ERROR: /dev/\$dev missing after loading modules (does -cpu max still offer SVM?)" >&2; report 125; }
