@@ -9,7 +9,8 @@
 # its stdout+stderr stream to ours, and our exit status is its exit status.
 # Exit statuses of our own: 124 time limit hit or the outer machine stalled (no heartbeat for
 # HEARTH_SVM_STALL_SECS, default 120), 125 harness failure (reason on stderr).
-# HEARTH_SVM_KVM_AMD_PARAMS: the outer kvm_amd's module parameters (default vgif=0, see below).
+# HEARTH_SVM_KVM_AMD_PARAMS: the outer kvm_amd's module parameters (default "vgif=0 npt=0", see
+# below). HEARTH_SVM_OUTER_QEMU: the QEMU binary (command) that runs the outer machine.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -149,14 +150,14 @@ nonce="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
     printf 'mkdir -p %q && cd %q || exit 125\n' "$workdir" "$workdir"
     printf '%q ' "$prog" "$@"; echo
 } >"$root/harness/cmd.sh"
-# kvm_amd's parameters in the outer machine. vgif=0: the outer KVM intercepts CLGI/STGI and
-# keeps the global interrupt flag itself instead of using the emulated CPU's virtual GIF. With
-# the virtual GIF (QEMU 7.2 TCG), guests were handed the outer kernel's own register state: a
-# hung guest's vCPU stood at the outer kvm_amd's __svm_vcpu_run+0x9c (just after its VMRUN) with
-# an outer kernel stack and page-table root, others triple-faulted at boot (3 failed boots in 36,
-# vm_boot looped in one machine; with vgif=0, 0 in 45; harness/README.md). Empty: kvm_amd's
-# defaults.
-kvm_amd_params="${HEARTH_SVM_KVM_AMD_PARAMS-vgif=0}"
+# kvm_amd's parameters in the outer machine (harness/README.md, "The outer kvm_amd"). npt=0: the
+# outer KVM shadows the guest's page tables instead of using the emulated CPU's nested paging;
+# with nested paging (QEMU 7.2 and 10.0 TCG alike) about one 100 MiB vm_agent stream in three
+# lost its guest (a guest handed the outer kernel's registers, a spin on a spinlock with
+# interrupts off, triple faults), with npt=0 none in 22. vgif=0: the outer KVM keeps the global
+# interrupt flag itself (the emulated virtual GIF did the same kind of harm at boot). Empty:
+# kvm_amd's defaults.
+kvm_amd_params="${HEARTH_SVM_KVM_AMD_PARAMS-vgif=0 npt=0}"
 cat >"$root/init" <<INIT
 #!/harness/bin/busybox sh
 /harness/bin/busybox --install -s /harness/bin
@@ -220,7 +221,7 @@ watch_heartbeat &
 watchdog_pid=$!
 set +e
 {
-    timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+    timeout -k 10 "$timeout_s" ${HEARTH_SVM_OUTER_QEMU:-qemu-system-x86_64} \
         -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
         -nodefaults -no-user-config -display none -serial stdio -no-reboot \
         -chardev "file,id=heartbeat,path=$heartbeat" -device isa-serial,chardev=heartbeat,index=1 \

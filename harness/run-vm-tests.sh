@@ -164,5 +164,13 @@ for t in "${tests[@]}"; do
     if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"
     else failed+=("$name"); log "$name FAILED with status $rc ($(elapsed_since "$start"))"; fi
 done
+# CI shows the head and the tail of a long log: repeat each failing binary's panic messages (up
+# to its backtrace, at most 60 lines each) at the end, where they are seen.
+for name in ${failed[@]+"${failed[@]}"}; do
+    log "why $name failed (its panic messages; the whole log is above):"
+    awk '/panicked at/ {show = 1; n = 0}
+         /^stack backtrace:|^note: run with|^   [0-9]+: / {show = 0}
+         show && n++ < 60 {print "    " $0}' "$logdir/$name.log" >&2 || true
+done
 log "vm test binaries: ${#passed[@]} ok (${passed[*]:-}), ${#failed[@]} failing (${failed[*]:-}), retried after an outer-machine crash or freeze: ${retried[*]:-none}; suite took $(elapsed_since "$suite_start")"
 [ ${#failed[@]} -eq 0 ]
