@@ -82,6 +82,11 @@ else
     bin_args=(--bin "$(command -v bash)" --bin "$(command -v grep)" --bin "$(command -v cut)" --bin "$(command -v sed)"
               --bin "$(command -v nproc)" --bin "$(command -v uname)")
     for e in "${exes[@]}"; do bin_args+=(--bin "$e"); done
+    # The outer kvm_amd keeps nested paging here (vgif=0 only), unlike the VM test suite's npt=0:
+    # both VMMs run their guests on hardware with nested paging (EPT/NPT), and shadow paging in
+    # the outer KVM adds seconds of guest page-table work to every boot that neither VMM does
+    # (BENCHMARKS.md, "Run 10"). HEARTH_SVM_KVM_AMD_PARAMS overrides it.
+    HEARTH_SVM_KVM_AMD_PARAMS="${HEARTH_SVM_KVM_AMD_PARAMS-vgif=0}" \
     "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$repo" \
         --file "$HEARTH_KERNEL" --file "$HEARTH_ROOTFS" --file "$runner" \
         --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" \

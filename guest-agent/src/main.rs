@@ -80,7 +80,22 @@ fn init_guest() -> GuestConfig {
     cfg
 }
 
+/// Time since the kernel booted (CLOCK_BOOTTIME, which counts from the kernel's start), in ms:
+/// the guest's side of the boot timeline, logged with the ready signal.
+fn ms_since_kernel_boot() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a valid local that outlives the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
 fn main() -> ExitCode {
+    let started_ms = ms_since_kernel_boot();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HEARTH_AGENT_LOG")
@@ -103,6 +118,7 @@ fn main() -> ExitCode {
         hearth_agent::agent::become_subreaper();
         GuestConfig::default()
     };
+    let set_up_ms = ms_since_kernel_boot();
     let addr = listen.unwrap_or(ListenAddr::Vsock(cfg.port));
     let mode = if pid1 {
         ShutdownMode::PowerOff
@@ -123,9 +139,17 @@ fn main() -> ExitCode {
     let ready_port = cfg.ready_pio_port;
     let result = runtime.block_on(serve(addr, mode, move || {
         if let Some(port) = ready_port {
-            match ready::signal_ready(port) {
-                Ok(()) => tracing::debug!(port, "ready signalled"),
-                Err(e) => tracing::warn!(error = %e, "ready signal failed"),
+            // Logged before the signal: a host that stops the VM at ready still gets the line.
+            tracing::debug!(
+                port,
+                started_ms,
+                set_up_ms,
+                listening_ms = ms_since_kernel_boot(),
+                "signalling ready (times since the kernel's start: agent started, guest set up, \
+                 listening)"
+            );
+            if let Err(e) = ready::signal_ready(port) {
+                tracing::warn!(error = %e, "ready signal failed");
             }
         }
     }));

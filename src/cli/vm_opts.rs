@@ -34,6 +34,10 @@ pub struct VmOpts {
     /// table; HEARTH_VM_DNS and HEARTH_VM_POOL tune it).
     #[arg(long)]
     pub network: bool,
+    /// Extra guest kernel parameter, appended after hearth's own (repeatable), e.g.
+    /// `--kernel-arg loglevel=7` for the full boot log on the console.
+    #[arg(long = "kernel-arg", value_name = "PARAM")]
+    pub kernel_args: Vec<String>,
 }
 
 impl VmOpts {
@@ -43,7 +47,9 @@ impl VmOpts {
             .resolve()
             .context("finding the guest kernel and rootfs")?;
         tracing::debug!(?artifacts, "guest artifacts");
-        let mut iso = VmIsolation::new(artifacts).keep_log_on_failure(true);
+        let mut iso = VmIsolation::new(artifacts)
+            .keep_log_on_failure(true)
+            .kernel_args(self.kernel_args.clone())?;
         if self.network {
             let net = NetworkOptions::from_env()
                 .and_then(HostNetwork::setup)

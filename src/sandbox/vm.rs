@@ -32,6 +32,7 @@ pub struct VmIsolation {
     deadline: Option<Duration>,
     keep_log_on_failure: bool,
     network: Option<Arc<HostNetwork>>,
+    kernel_args: Vec<String>,
 }
 
 impl VmIsolation {
@@ -41,7 +42,24 @@ impl VmIsolation {
             deadline: None,
             keep_log_on_failure: false,
             network: None,
+            kernel_args: Vec::new(),
         }
+    }
+
+    /// Appends parameters to every guest's kernel command line (after hearth's own, so a later
+    /// `loglevel=7` overrides the default `quiet`). Each must be one parameter: not empty, no
+    /// whitespace or control characters.
+    pub fn kernel_args(mut self, args: Vec<String>) -> Result<Self, SandboxError> {
+        if let Some(bad) = args
+            .iter()
+            .find(|a| a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(SandboxError::Config(format!(
+                "kernel parameter {bad:?}: give one parameter per flag, without spaces"
+            )));
+        }
+        self.kernel_args = args;
+        Ok(self)
     }
 
     /// Gives sandboxes that ask for it ([`SandboxSpec::network`]) a tap on `net`; without this,
@@ -120,6 +138,9 @@ impl VmIsolation {
             .vcpus(spec.cpus)
             .memory_mib(spec.memory_mib)
             .console_log(console);
+        for arg in &self.kernel_args {
+            builder = builder.cmdline_extra(arg.clone());
+        }
         if let Some(d) = self.deadline {
             builder = builder.deadline(d);
         }
@@ -384,6 +405,26 @@ mod tests {
         assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
         assert_eq!(last_lines("a", 5), "a");
         assert_eq!(last_lines("", 5), "");
+    }
+
+    #[test]
+    fn kernel_args_are_one_parameter_each() {
+        let iso = || {
+            VmIsolation::new(GuestArtifacts {
+                kernel: "vmlinux".into(),
+                rootfs: "rootfs.ext4".into(),
+            })
+        };
+        let ok = iso()
+            .kernel_args(vec!["loglevel=7".into(), "initcall_debug".into()])
+            .expect("plain parameters");
+        assert_eq!(ok.kernel_args, ["loglevel=7", "initcall_debug"]);
+        for bad in ["", "a b", "init=/bin/sh\n", "x\ty", "quiet\u{0}"] {
+            match iso().kernel_args(vec![bad.into()]) {
+                Err(SandboxError::Config(msg)) => assert!(msg.contains("one parameter"), "{msg}"),
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -6,6 +6,9 @@
 //!     [--no-rootfs] [--mem MIB] [--runs N] [CMDLINE EXTRA...]
 //! ```
 //!
+//! With `HEARTH_AGENT_LOG=debug` among the extra parameters it prints the agent's side of each
+//! boot too: when (since the kernel's start) the agent started, had set up the guest and listened.
+//!
 //! With debugfs mounted (`mount -t debugfs none /sys/kernel/debug`) it also prints the VM's
 //! KVM counters (exits by kind, page faults) at agent ready.
 
@@ -56,6 +59,11 @@ fn main() {
         }
         vm.kill();
         drop(vm);
+        // The agent's own timeline (with HEARTH_AGENT_LOG=debug among the kernel parameters).
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = console.lines().find(|l| l.contains("signalling ready")) {
+            println!("run {run}: agent: {}", line.trim());
+        }
         println!("run {run}: after the VM was dropped: {}", vm_size());
     }
     println!("--- console of the last run ---");
