@@ -227,12 +227,21 @@ fn test_vm_clones_the_repository_into_the_workspace() {
 
 #[test]
 fn exec_streams_output_and_exits_with_the_command_code() {
-    let out = run(&["exec", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"]);
+    // --kernel-arg reaches the guest's command line (after hearth's own parameters).
+    let script = "echo hi; echo oops >&2; tr ' ' '\\n' </proc/cmdline | grep -x 'hearth.probe=7' >&2; exit 3";
+    let out = run(&[
+        "exec",
+        "--kernel-arg",
+        "hearth.probe=7",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
     assert_eq!(out.stdout, b"hi\n");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("oops\n"),
-        "stderr"
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("oops\n"), "stderr: {stderr}");
+    assert!(stderr.contains("\nhearth.probe=7\n"), "stderr: {stderr}");
     assert_eq!(out.status.code(), Some(3));
 }
 
