@@ -11,6 +11,8 @@
 # HEARTH_SVM_STALL_SECS, default 120), 125 harness failure (reason on stderr).
 # HEARTH_SVM_KVM_AMD_PARAMS: the outer kvm_amd's module parameters (default "vgif=0 npt=0", see
 # below). HEARTH_SVM_OUTER_QEMU: the QEMU binary (command) that runs the outer machine.
+# HEARTH_SVM_KERNEL_ARGS: extra parameters for the outer kernel (e.g. init_on_free=1, see
+# harness/run-benches.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -227,7 +229,7 @@ set +e
         -chardev "file,id=heartbeat,path=$heartbeat" -device isa-serial,chardev=heartbeat,index=1 \
         -pidfile "$stage/qemu.pid" \
         -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
-        -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init ${HEARTH_SVM_KERNEL_ARGS:-}" \
         </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
     echo "${PIPESTATUS[0]}" >"$stage/qemu.rc"
 } &

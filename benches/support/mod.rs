@@ -311,9 +311,11 @@ async fn boot_qemu(cid: u32) -> Guest {
         }
         let attempt = tokio::time::timeout(Duration::from_secs(5), connect_vsock(cid, AGENT_PORT));
         if let Ok(Ok(client)) = attempt.await {
+            let boot = started.elapsed();
+            println!("qemu boot {:.0} ms", boot.as_secs_f64() * 1000.0);
             return Guest {
                 client,
-                boot: started.elapsed(),
+                boot,
                 vmm: Vmm::Qemu(qemu),
             };
         }

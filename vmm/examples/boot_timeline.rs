@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! HEARTH_KERNEL=... HEARTH_ROOTFS=... cargo run -p hearth-vmm --example boot_timeline -- \
-//!     [--no-rootfs] [--mem MIB] [--runs N] [CMDLINE EXTRA...]
+//!     [--mem MIB] [--runs N] [--probe-zeroing] [CMDLINE EXTRA...]
 //! ```
 //!
 //! With `HEARTH_AGENT_LOG=debug` among the extra parameters it prints the agent's side of each
@@ -11,6 +11,12 @@
 //!
 //! With debugfs mounted (`mount -t debugfs none /sys/kernel/debug`) it also prints the VM's
 //! KVM counters (exits by kind, page faults) at agent ready.
+//!
+//! `--probe-zeroing` measures, before the first boot and twice after every boot, what putting
+//! the kernel's `PT_LOAD` segments into fresh anonymous memory costs this process, split into
+//! the host kernel's first-touch zeroing (`MADV_POPULATE_WRITE`) and the copy (`pread`): under
+//! QEMU's TCG the first zeroing of pages a guest had run code from is many times slower
+//! (BENCHMARKS.md, "Recycled pages").
 
 use std::time::Duration;
 
@@ -21,16 +27,21 @@ fn main() {
     let rootfs = std::env::var_os("HEARTH_ROOTFS").expect("HEARTH_ROOTFS is not set");
     let mut mem = 512;
     let mut runs = 1;
+    let mut probe = false;
     let mut extra = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--mem" => mem = args.next().and_then(|v| v.parse().ok()).expect("--mem MIB"),
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--probe-zeroing" => probe = true,
             _ => extra.push(a),
         }
     }
     let log = std::env::temp_dir().join("hearth-boot-timeline.log");
+    if probe {
+        println!("before the first boot: {}", zeroing_probe(&kernel));
+    }
     for run in 0..runs {
         let mut b = VmBuilder::new()
             .kernel(&kernel)
@@ -65,6 +76,11 @@ fn main() {
             println!("run {run}: agent: {}", line.trim());
         }
         println!("run {run}: after the VM was dropped: {}", vm_size());
+        if probe {
+            for i in 1..=2 {
+                println!("run {run}: zeroing probe {i}: {}", zeroing_probe(&kernel));
+            }
+        }
     }
     println!("--- console of the last run ---");
     print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -131,4 +147,86 @@ fn anon_huge_kib(ranges: &[(u64, u64)]) -> String {
         }
     }
     format!("guest RAM resident {rss} KiB, of it in huge pages {huge} KiB")
+}
+
+/// `(file offset, guest-physical address, size in the file)` of the ELF64 `PT_LOAD` segments.
+fn pt_loads(file: &std::fs::File) -> Vec<(u64, u64, usize)> {
+    use std::os::unix::fs::FileExt;
+    let mut eh = [0u8; 64];
+    file.read_exact_at(&mut eh, 0).expect("ELF header");
+    assert_eq!(&eh[..4], b"\x7fELF", "HEARTH_KERNEL is not an ELF vmlinux");
+    let field = |b: &[u8], at: usize, n: usize| {
+        b[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &x| (v << 8) | u64::from(x))
+    };
+    let (phoff, phentsize, phnum) = (field(&eh, 32, 8), field(&eh, 54, 2), field(&eh, 56, 2));
+    let mut out = Vec::new();
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        file.read_exact_at(&mut ph, phoff + i * phentsize)
+            .expect("program header");
+        if field(&ph, 0, 4) == 1 {
+            out.push((
+                field(&ph, 8, 8),
+                field(&ph, 24, 8),
+                field(&ph, 32, 8) as usize,
+            ));
+        }
+    }
+    out
+}
+
+/// Maps 512 MiB the way guest RAM is mapped (2 MiB-aligned, `MADV_HUGEPAGE`), then for the
+/// kernel's `PT_LOAD` ranges times the host kernel's first-touch zeroing
+/// (`MADV_POPULATE_WRITE`), one `pread` copy into the now resident pages, and a second copy.
+fn zeroing_probe(kernel: &std::ffi::OsStr) -> String {
+    use std::os::unix::io::AsRawFd;
+    use std::time::Instant;
+    const MADV_POPULATE_WRITE: i32 = 23;
+    let file = std::fs::File::open(kernel).expect("open HEARTH_KERNEL");
+    let (size, align) = (512usize << 20, 2usize << 20);
+    // SAFETY: a fresh private anonymous mapping that only this function uses and unmaps.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size + align,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert!(raw != libc::MAP_FAILED, "mmap");
+    let base = (raw as usize).next_multiple_of(align);
+    let (mut zero, mut copy, mut again, mut bytes) = (0.0, 0.0, 0.0, 0);
+    for (off, paddr, len) in pt_loads(&file) {
+        assert!(paddr as usize + len <= size, "segment outside 512 MiB");
+        let dst = base + paddr as usize;
+        let page = dst & !4095;
+        let span = (dst + len).next_multiple_of(4096) - page;
+        let t0 = Instant::now();
+        // SAFETY: every address used below lies in [base, base + size), inside the mapping.
+        let populated = unsafe { libc::madvise(page as *mut _, span, MADV_POPULATE_WRITE) };
+        assert_eq!(populated, 0, "MADV_POPULATE_WRITE (Linux 5.14+)");
+        let t1 = Instant::now();
+        let read = || {
+            // SAFETY: as above; the kernel file is read into [dst, dst + len).
+            let n = unsafe { libc::pread(file.as_raw_fd(), dst as *mut _, len, off as i64) };
+            assert_eq!(n, len as isize, "short pread");
+        };
+        read();
+        let t2 = Instant::now();
+        read();
+        zero += (t1 - t0).as_secs_f64() * 1000.0;
+        copy += (t2 - t1).as_secs_f64() * 1000.0;
+        again += t2.elapsed().as_secs_f64() * 1000.0;
+        bytes += len;
+    }
+    // SAFETY: unmaps exactly the mapping made above; nothing refers to it any more.
+    unsafe { libc::munmap(raw, size + align) };
+    format!(
+        "{bytes} bytes into fresh memory: zeroing on first touch {zero:.0} ms, copy {copy:.0} ms, copy again {again:.0} ms"
+    )
 }
