@@ -151,42 +151,37 @@ fn anon_huge_kib(ranges: &[(u64, u64)]) -> String {
 
 /// `(file offset, guest-physical address, size in the file)` of the ELF64 `PT_LOAD` segments.
 fn pt_loads(file: &std::fs::File) -> Vec<(u64, u64, usize)> {
+    use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
     use std::os::unix::fs::FileExt;
-    let mut eh = [0u8; 64];
-    file.read_exact_at(&mut eh, 0).expect("ELF header");
-    assert_eq!(&eh[..4], b"\x7fELF", "HEARTH_KERNEL is not an ELF vmlinux");
-    let field = |b: &[u8], at: usize, n: usize| {
-        b[at..at + n]
-            .iter()
-            .rev()
-            .fold(0u64, |v, &x| (v << 8) | u64::from(x))
-    };
-    let (phoff, phentsize, phnum) = (field(&eh, 32, 8), field(&eh, 54, 2), field(&eh, 56, 2));
-    let mut out = Vec::new();
-    for i in 0..phnum {
-        let mut ph = [0u8; 56];
-        file.read_exact_at(&mut ph, phoff + i * phentsize)
-            .expect("program header");
-        if field(&ph, 0, 4) == 1 {
-            out.push((
-                field(&ph, 8, 8),
-                field(&ph, 24, 8),
-                field(&ph, 32, 8) as usize,
-            ));
-        }
-    }
-    out
+    use vm_memory::ByteValued;
+    let mut eh = Elf64_Ehdr::default();
+    file.read_exact_at(eh.as_mut_slice(), 0)
+        .expect("ELF header");
+    assert_eq!(
+        &eh.e_ident[..4],
+        b"\x7fELF",
+        "HEARTH_KERNEL is not an ELF vmlinux"
+    );
+    (0..u64::from(eh.e_phnum))
+        .filter_map(|i| {
+            let mut ph = Elf64_Phdr::default();
+            let at = eh.e_phoff + i * u64::from(eh.e_phentsize);
+            file.read_exact_at(ph.as_mut_slice(), at)
+                .expect("program header");
+            (ph.p_type == PT_LOAD).then_some((ph.p_offset, ph.p_paddr, ph.p_filesz as usize))
+        })
+        .collect()
 }
 
-/// Maps 512 MiB the way guest RAM is mapped (2 MiB-aligned, `MADV_HUGEPAGE`), then for the
-/// kernel's `PT_LOAD` ranges times the host kernel's first-touch zeroing
+/// Maps 512 MiB of anonymous memory, 2 MiB-aligned like guest RAM (without guest RAM's
+/// `MADV_HUGEPAGE`: the outer kernel's THP default decides), then for the kernel's `PT_LOAD`
+/// ranges times the host kernel's first-touch zeroing
 /// (`MADV_POPULATE_WRITE`), one `pread` copy into the now resident pages, and a second copy.
 fn zeroing_probe(kernel: &std::ffi::OsStr) -> String {
     use std::os::unix::io::AsRawFd;
     use std::time::Instant;
-    const MADV_POPULATE_WRITE: i32 = 23;
     let file = std::fs::File::open(kernel).expect("open HEARTH_KERNEL");
-    let (size, align) = (512usize << 20, 2usize << 20);
+    let (size, align) = (512usize << 20, hearth_vmm::vstate::memory::HOST_ALIGN);
     // SAFETY: a fresh private anonymous mapping that only this function uses and unmaps.
     let raw = unsafe {
         libc::mmap(
@@ -208,7 +203,7 @@ fn zeroing_probe(kernel: &std::ffi::OsStr) -> String {
         let span = (dst + len).next_multiple_of(4096) - page;
         let t0 = Instant::now();
         // SAFETY: every address used below lies in [base, base + size), inside the mapping.
-        let populated = unsafe { libc::madvise(page as *mut _, span, MADV_POPULATE_WRITE) };
+        let populated = unsafe { libc::madvise(page as *mut _, span, libc::MADV_POPULATE_WRITE) };
         assert_eq!(populated, 0, "MADV_POPULATE_WRITE (Linux 5.14+)");
         let t1 = Instant::now();
         let read = || {
