@@ -60,6 +60,20 @@ publish_cache() {
 }
 
 # elapsed_since EPOCH_SECONDS : "N s"
+# When run-in-svm.sh failed because the outer machine itself failed (harness infrastructure,
+# worth a run in a new machine), prints how ("crashed": its kernel panicked; "froze": its
+# heartbeat stopped) and returns 0; returns 1 for any other status (the program's own, a time
+# limit, a harness set-up error). $1: run-in-svm.sh's status, $2: a file holding its output.
+outer_machine_failure() {
+    if [ "$1" = 125 ] && grep -aq 'the outer machine stopped' "$2" && grep -aq 'Kernel panic' "$2"; then
+        echo crashed
+    elif [ "$1" = 124 ] && grep -aq 'the outer machine made no progress' "$2"; then
+        echo froze
+    else
+        return 1
+    fi
+}
+
 elapsed_since() { echo "$(( $(date +%s) - $1 )) s"; }
 
 # is_static ELF : true when the executable needs no program interpreter (static or static-pie).

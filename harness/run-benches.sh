@@ -96,23 +96,25 @@ else
     # after an earlier guest, 0.17 s in a fresh machine, 0.08-0.13 s with init_on_free=1;
     # BENCHMARKS.md, "Recycled pages"). With it that cost falls in the teardown between samples
     # and each boot is measured on its own. HEARTH_SVM_KERNEL_ARGS overrides it.
-    # An outer machine that crashed or froze (run-in-svm.sh's 125 and 124: an infrastructure
+    # An outer machine that crashed or froze (lib.sh's outer_machine_failure: an infrastructure
     # failure, harness/README.md) gives no result; the benches are run again in a new machine,
     # up to HEARTH_BENCH_ATTEMPTS (default 3) times. A bench's own failure is not retried.
-    attempts="${HEARTH_BENCH_ATTEMPTS:-3}"
+    attempts="${HEARTH_BENCH_ATTEMPTS:-3}" attempt_log="$(mktemp /tmp/hearth-benches-attempt.XXXXXX.log)"
     : >"$logfile"
     for attempt in $(seq 1 "$attempts"); do
-        [ "$attempt" = 1 ] || log "attempt $attempt of $attempts: the outer machine failed (status $rc)"
+        [ "$attempt" = 1 ] || log "attempt $attempt of $attempts: the outer machine $failure (status $rc)"
+        : >"$attempt_log"
         HEARTH_SVM_KVM_AMD_PARAMS="${HEARTH_SVM_KVM_AMD_PARAMS-vgif=0}" \
         HEARTH_SVM_KERNEL_ARGS="${HEARTH_SVM_KERNEL_ARGS-init_on_free=1}" \
         "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$repo" \
             --file "$HEARTH_KERNEL" --file "$HEARTH_ROOTFS" --file "$runner" \
             --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" \
             --pass-env HEARTH_BENCH_QEMU --pass-env HEARTH_BENCH_DMESG --pass-env HEARTH_BENCH_VMS \
-            --pass-env RUST_LOG "${bin_args[@]}" -- "$(command -v bash)" "$runner" 2>&1 | tee -a "$logfile"
+            --pass-env RUST_LOG "${bin_args[@]}" -- "$(command -v bash)" "$runner" 2>&1 | tee -a "$logfile" "$attempt_log"
         rc=${PIPESTATUS[0]}
-        [ "$rc" = 124 ] || [ "$rc" = 125 ] || break
+        failure="$(outer_machine_failure "$rc" "$attempt_log")" || break
     done
+    rm -f "$attempt_log"
 fi
 set -e
 log "benches finished with status $rc after $(elapsed_since "$start")"

@@ -131,19 +131,17 @@ for t in "${tests[@]}"; do
         fi
         rc=${PIPESTATUS[0]}
         set -e
-        if [ "$mode" = svm ] && [ "$rc" = 125 ] && [ "$attempt" -lt "$max_attempts" ] \
-            && grep -aq 'the outer machine stopped' "$logdir/$name.log" \
-            && grep -aq 'Kernel panic' "$logdir/$name.log"; then
-            log "WARNING: the outer machine's kernel crashed while running $name (harness infrastructure, see the panic above); retrying $name (attempt $((attempt + 1)) of $max_attempts)"
-            retried+=("$name")
-            continue
-        fi
-        # The emulated machine froze as a whole (its heartbeat stopped, run-in-svm.sh killed it
-        # after 2 minutes): infrastructure, retried like a crash.
-        if [ "$mode" = svm ] && [ "$rc" = 124 ] && [ "$attempt" -lt "$max_attempts" ] \
-            && grep -aq 'the outer machine made no progress' "$logdir/$name.log"; then
-            log "WARNING: the emulated machine froze while running $name (no heartbeat; harness infrastructure); retrying $name (attempt $((attempt + 1)) of $max_attempts)"
-            retried+=("$name (frozen)")
+        # The outer machine's kernel crashed, or the emulated machine froze as a whole (its
+        # heartbeat stopped, run-in-svm.sh killed it after 2 minutes): infrastructure, retried.
+        if [ "$mode" = svm ] && [ "$attempt" -lt "$max_attempts" ] \
+            && failure="$(outer_machine_failure "$rc" "$logdir/$name.log")"; then
+            if [ "$failure" = crashed ]; then
+                log "WARNING: the outer machine's kernel crashed while running $name (harness infrastructure, see the panic above); retrying $name (attempt $((attempt + 1)) of $max_attempts)"
+                retried+=("$name")
+            else
+                log "WARNING: the emulated machine froze while running $name (no heartbeat; harness infrastructure); retrying $name (attempt $((attempt + 1)) of $max_attempts)"
+                retried+=("$name (frozen)")
+            fi
             continue
         fi
         # Every VM test has its own whole-test deadline that fails it with diagnostics well
