@@ -3,7 +3,8 @@
 #   scripts/test.sh [--quick]
 # 1. installs the Debian packages the host tests need (as root, once);
 # 2. lint: cargo fmt --check and cargo clippy --all-targets -D warnings;
-# 3. host tests: every test target of the workspace except the VM ones (vm_*), with the static
+# 3. host tests: every test target of the workspace except the VM ones (vm_*), plus the unit tests
+#    of examples that have them (boot_timeline's exit-trace parser), with the static
 #    agent built first (the PID 1 tests run it);
 # 4. fuzz: builds every cargo-fuzz target and runs each for HEARTH_FUZZ_SECONDS (default 30);
 # 5. the VM suite: harness/run-vm-tests.sh (directly where /dev/kvm is hardware virtualization,
@@ -50,7 +51,7 @@ host_tests() {
     for t in $targets; do
         case "$t" in vm_*) ;; *) args+=(--test "$t") ;; esac
     done
-    cargo test --workspace --locked --no-fail-fast --lib --bins "${args[@]}"
+    cargo test --workspace --locked --no-fail-fast --lib --bins --examples "${args[@]}"
 }
 
 fuzz() {

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! HEARTH_KERNEL=... HEARTH_ROOTFS=... cargo run -p hearth-vmm --example boot_timeline -- \
-//!     [--mem MIB] [--runs N] [--probe-zeroing] [CMDLINE EXTRA...]
+//!     [--mem MIB] [--runs N] [--probe-zeroing] [--trace-exits] [CMDLINE EXTRA...]
 //! ```
 //!
 //! With `HEARTH_AGENT_LOG=debug` among the extra parameters it prints the agent's side of each
@@ -11,6 +11,11 @@
 //!
 //! With debugfs mounted (`mount -t debugfs none /sys/kernel/debug`) it also prints the VM's
 //! KVM counters (exits by kind, page faults) at agent ready.
+//!
+//! `--trace-exits` records the host kernel's `kvm:kvm_exit`/`kvm:kvm_entry` tracepoints from
+//! the start of each boot to agent ready (needs tracefs: `mount -t tracefs none
+//! /sys/kernel/tracing`) and prints the exits by reason with the host's time for them, the
+//! guest's own run time, and the guest addresses that exited most (`exit_trace.rs`).
 //!
 //! `--probe-zeroing` measures, before the first boot and twice after every boot, what putting
 //! the kernel's `PT_LOAD` segments into fresh anonymous memory costs this process, split into
@@ -22,12 +27,15 @@ use std::time::Duration;
 
 use hearth_vmm::VmBuilder;
 
+mod exit_trace;
+
 fn main() {
     let kernel = std::env::var_os("HEARTH_KERNEL").expect("HEARTH_KERNEL is not set");
     let rootfs = std::env::var_os("HEARTH_ROOTFS").expect("HEARTH_ROOTFS is not set");
     let mut mem = 512;
     let mut runs = 1;
     let mut probe = false;
+    let mut trace_exits = false;
     let mut extra = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -35,6 +43,7 @@ fn main() {
             "--mem" => mem = args.next().and_then(|v| v.parse().ok()).expect("--mem MIB"),
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--probe-zeroing" => probe = true,
+            "--trace-exits" => trace_exits = true,
             _ => extra.push(a),
         }
     }
@@ -42,6 +51,11 @@ fn main() {
     if probe {
         println!("before the first boot: {}", zeroing_probe(&kernel));
     }
+    let symbols = if trace_exits {
+        exit_trace::symbols(std::path::Path::new(&kernel))
+    } else {
+        None
+    };
     for run in 0..runs {
         let mut b = VmBuilder::new()
             .kernel(&kernel)
@@ -52,8 +66,19 @@ fn main() {
         for e in &extra {
             b = b.cmdline_extra(e.clone());
         }
+        let trace = trace_exits.then(exit_trace::ExitTrace::start);
         let mut vm = b.start().expect("VM start");
         let ready = vm.wait_ready(Duration::from_secs(240));
+        match trace.map(|t| t.and_then(exit_trace::ExitTrace::finish)) {
+            Some(Ok(text)) => {
+                let report = exit_trace::ExitSummary::parse(&text).report(symbols.as_ref(), 25);
+                for line in report.lines() {
+                    println!("run {run}: {line}");
+                }
+            }
+            Some(Err(e)) => println!("run {run}: no exit trace: {e}"),
+            None => {}
+        }
         let ranges: Vec<String> = vm
             .guest_ram_host_ranges()
             .iter()
