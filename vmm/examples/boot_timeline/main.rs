@@ -18,10 +18,10 @@
 //! guest's own run time, and the guest addresses that exited most (`exit_trace.rs`).
 //!
 //! `--probe-zeroing` measures, before the first boot and twice after every boot, what putting
-//! the kernel's `PT_LOAD` segments into fresh anonymous memory costs this process, split into
-//! the host kernel's first-touch zeroing (`MADV_POPULATE_WRITE`) and the copy (`pread`): under
-//! QEMU's TCG the first zeroing of pages a guest had run code from is many times slower
-//! (BENCHMARKS.md, "Recycled pages").
+//! the kernel's `PT_LOAD` segments into fresh memory mapped like guest RAM costs this process,
+//! split into the host kernel's first-touch zeroing (`MADV_POPULATE_WRITE`) and the copy
+//! (`pread`): under QEMU's TCG the first zeroing of pages a guest had run code from is many
+//! times slower (BENCHMARKS.md, "Recycled pages").
 
 use std::time::Duration;
 
@@ -198,28 +198,17 @@ fn pt_loads(file: &std::fs::File) -> Vec<(u64, u64, usize)> {
         .collect()
 }
 
-/// Maps 512 MiB of anonymous memory, 2 MiB-aligned like guest RAM (without guest RAM's
-/// `MADV_HUGEPAGE`: the outer kernel's THP default decides), then for the kernel's `PT_LOAD`
-/// ranges times the host kernel's first-touch zeroing
+/// Maps 512 MiB the way guest RAM is mapped (`GuestRam`: 2 MiB-aligned, `MADV_HUGEPAGE`), then
+/// for the kernel's `PT_LOAD` ranges times the host kernel's first-touch zeroing
 /// (`MADV_POPULATE_WRITE`), one `pread` copy into the now resident pages, and a second copy.
 fn zeroing_probe(kernel: &std::ffi::OsStr) -> String {
     use std::os::unix::io::AsRawFd;
     use std::time::Instant;
     let file = std::fs::File::open(kernel).expect("open HEARTH_KERNEL");
-    let (size, align) = (512usize << 20, hearth_vmm::vstate::memory::HOST_ALIGN);
-    // SAFETY: a fresh private anonymous mapping that only this function uses and unmaps.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size + align,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    assert!(raw != libc::MAP_FAILED, "mmap");
-    let base = (raw as usize).next_multiple_of(align);
+    let size = 512usize << 20;
+    let ram = hearth_vmm::vstate::memory::GuestRam::new(&[(vm_memory::GuestAddress(0), size)])
+        .expect("mapping 512 MiB like guest RAM");
+    let base = ram.host_ranges()[0].0 as usize;
     let (mut zero, mut copy, mut again, mut bytes) = (0.0, 0.0, 0.0, 0);
     for (off, paddr, len) in pt_loads(&file) {
         assert!(paddr as usize + len <= size, "segment outside 512 MiB");
@@ -227,7 +216,8 @@ fn zeroing_probe(kernel: &std::ffi::OsStr) -> String {
         let page = dst & !4095;
         let span = (dst + len).next_multiple_of(4096) - page;
         let t0 = Instant::now();
-        // SAFETY: every address used below lies in [base, base + size), inside the mapping.
+        // SAFETY: every address used below lies in [base, base + size), inside `ram`'s mapping,
+        // which lives until the end of the function.
         let populated = unsafe { libc::madvise(page as *mut _, span, libc::MADV_POPULATE_WRITE) };
         assert_eq!(populated, 0, "MADV_POPULATE_WRITE (Linux 5.14+)");
         let t1 = Instant::now();
@@ -244,8 +234,8 @@ fn zeroing_probe(kernel: &std::ffi::OsStr) -> String {
         again += t2.elapsed().as_secs_f64() * 1000.0;
         bytes += len;
     }
-    // SAFETY: unmaps exactly the mapping made above; nothing refers to it any more.
-    unsafe { libc::munmap(raw, size + align) };
+    // Unmapped here: no clone of its memory was taken.
+    drop(ram);
     format!(
         "{bytes} bytes into fresh memory: zeroing on first touch {zero:.0} ms, copy {copy:.0} ms, copy again {again:.0} ms"
     )
