@@ -59,7 +59,6 @@ publish_cache() {
     mv "$tmp" "$final"
 }
 
-# elapsed_since EPOCH_SECONDS : "N s"
 # When run-in-svm.sh failed because the outer machine itself failed (harness infrastructure,
 # worth a run in a new machine), prints how ("crashed": its kernel panicked; "froze": its
 # heartbeat stopped) and returns 0; returns 1 for any other status (the program's own, a time
@@ -74,6 +73,7 @@ outer_machine_failure() {
     fi
 }
 
+# elapsed_since EPOCH_SECONDS : "N s"
 elapsed_since() { echo "$(( $(date +%s) - $1 )) s"; }
 
 # is_static ELF : true when the executable needs no program interpreter (static or static-pie).

@@ -398,29 +398,33 @@ fn agent_shutdown_powers_the_guest_off() {
     });
 }
 
-/// `reboot=k` without an i8042 driver in the guest kernel: Linux writes the controller's reset
-/// command itself, and the VMM's i8042 ends the VM with `Reset`.
+/// `reboot=k`: Linux writes the keyboard controller's reset command itself (the guest's i8042
+/// driver is not involved), and the VMM's i8042 ends the VM with `Reset`.
 #[test]
 fn guest_reboot_resets_through_the_keyboard_controller() {
     let _serial = one_at_a_time_under_the_harness();
-    common::with_deadline("guest_reboot_resets", TEST_LIMIT, |probe| {
-        let mut vm = tiny_vm("reboot").start().unwrap();
-        probe.watch(&vm);
-        ready(&vm);
-        // The exec never completes: the machine resets under it.
-        rt().block_on(async {
-            let c = client(&vm).await;
-            let exec = c.exec_collect(ExecSpec::argv(["reboot", "-f"]));
-            let _ = tokio::time::timeout(Duration::from_secs(60), exec).await;
-        });
-        let exit = vm.wait_timeout(Duration::from_secs(60));
-        assert_eq!(
-            exit,
-            Some(VmExit::Reset),
-            "console tail:\n{}",
-            vm.console_tail()
-        );
-    });
+    common::with_deadline(
+        "guest_reboot_resets_through_the_keyboard_controller",
+        TEST_LIMIT,
+        |probe| {
+            let mut vm = tiny_vm("reboot").start().unwrap();
+            probe.watch(&vm);
+            ready(&vm);
+            // The exec never completes: the machine resets under it.
+            rt().block_on(async {
+                let c = client(&vm).await;
+                let exec = c.exec_collect(ExecSpec::argv(["reboot", "-f"]));
+                let _ = tokio::time::timeout(Duration::from_secs(60), exec).await;
+            });
+            let exit = vm.wait_timeout(Duration::from_secs(60));
+            assert_eq!(
+                exit,
+                Some(VmExit::Reset),
+                "console tail:\n{}",
+                vm.console_tail()
+            );
+        },
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hearth_vmm::arch::x86_64::symbols::KernelSymbols;
 
@@ -148,11 +148,6 @@ impl ExitSummary {
         }
         out
     }
-}
-
-/// The vmlinux symbols, when `kernel` is an ELF with a symbol table.
-pub fn symbols(kernel: &Path) -> Option<KernelSymbols> {
-    KernelSymbols::load(kernel).ok()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 use std::time::Duration;
 
 use hearth_vmm::VmBuilder;
+use hearth_vmm::arch::x86_64::symbols::KernelSymbols;
 
 mod exit_trace;
 
@@ -51,11 +52,10 @@ fn main() {
     if probe {
         println!("before the first boot: {}", zeroing_probe(&kernel));
     }
-    let symbols = if trace_exits {
-        exit_trace::symbols(std::path::Path::new(&kernel))
-    } else {
-        None
-    };
+    // Kernel function names for the exit sites (none for a bzImage or a stripped vmlinux).
+    let symbols = trace_exits
+        .then(|| KernelSymbols::load(std::path::Path::new(&kernel)).ok())
+        .flatten();
     for run in 0..runs {
         let mut b = VmBuilder::new()
             .kernel(&kernel)
