@@ -3,20 +3,21 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use linux_loader::loader::Cmdline;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::arch::x86_64::boot::{self, BootProtocol};
+use crate::arch::x86_64::boot::{self, BootProtocol, KernelEntry};
 use crate::arch::x86_64::{self as arch, cpuid, layout, mptable};
 use crate::device_manager::DeviceManager;
 use crate::devices::console::{ConsoleSink, ConsoleTail};
 use crate::devices::ready_port::READY_PORT;
-use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, tap::Tap};
 use crate::devices::virtio::vsock::{DEFAULT_GUEST_CID, Vsock};
+use crate::devices::virtio::{GuestMemory, VirtioDevice};
 use crate::seccomp::SeccompMode;
 use crate::vstate::control::VmControl;
 use crate::vstate::vcpu::{self, Buses, VcpuBoot};
@@ -28,9 +29,12 @@ use crate::{Vm, VmError, event_loop, timings};
 /// a port-I/O exit to the VMM (two with the 8250 driver's LSR polling), so the default boot log
 /// alone cost more than the rest of the boot under the emulated harness (see BENCHMARKS.md).
 /// Errors, panics and the power-off/halt lines are still printed (KERN_EMERG..KERN_ERR);
-/// `cmdline_extra("loglevel=7")` brings the full log back.
+/// `cmdline_extra("loglevel=7")` brings the full log back. `noreplace-smp`: a kernel booted with
+/// one CPU otherwise rewrites each of its ~6,000 `lock` prefixes through `text_poke` (two page
+/// table switches and a TLB flush each); that was an eighth of a one-vCPU boot in the harness
+/// (BENCHMARKS.md, "The lock-prefix rewrite").
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
-    i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1";
+    i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 noreplace-smp";
 
 /// The agent path on the rootfs.
 pub const DEFAULT_INIT: &str = "/sbin/hearth-agent";
@@ -251,6 +255,12 @@ impl VmBuilder {
             .map_err(|e| VmError::Memory(e.to_string()))?;
         // Dropped before `ram` on every path (declared after it), as is everything below.
         let mem = ram.memory().clone();
+        // The kernel image goes into guest RAM on its own thread while KVM, the devices and the
+        // command line are set up; joined before the vCPUs are created (or when dropped).
+        let kernel_load = match &self.kernel {
+            Some(k) => Some(KernelLoad::spawn(&mem, k, &control)?),
+            None => None,
+        };
         let kvm_vm = KvmVm::create(&mem)?;
         let base_cpuid = cpuid::supported(&kvm_vm.kvm).map_err(VmError::Cpuid)?;
         control.stamp(|s| &mut s.kvm_vm_created);
@@ -312,9 +322,8 @@ impl VmBuilder {
             None => None,
         };
 
-        control.stamp(|s| &mut s.kernel_load_start);
-        let boot = match (&self.kernel, &self.real_mode_code) {
-            (Some(k), _) => load_linux(&mem, k, &cmdline, self.vcpus)?,
+        let boot = match (kernel_load, &self.real_mode_code) {
+            (Some(load), _) => write_boot_info(&mem, load.wait()?, &cmdline, self.vcpus)?,
             (None, Some(code)) => {
                 mem.write_slice(code, GuestAddress(u64::from(REAL_MODE_CODE_ADDR)))
                     .map_err(|e| VmError::Config(format!("real-mode code does not fit: {e}")))?;
@@ -324,7 +333,6 @@ impl VmBuilder {
             }
             (None, None) => return Err(VmError::Config("no kernel".into())),
         };
-        control.stamp(|s| &mut s.kernel_loaded);
 
         vcpu::install_kick_handler()?;
         let mut vcpu_fds = Vec::new();
@@ -392,18 +400,58 @@ impl VmBuilder {
     }
 }
 
-fn load_linux(
-    mem: &crate::devices::virtio::GuestMemory,
-    kernel: &Path,
+/// A kernel image being loaded into guest RAM by a thread of its own.
+struct KernelLoad(Option<JoinHandle<Result<KernelEntry, VmError>>>);
+
+impl KernelLoad {
+    /// Opens `kernel` (errors here, at once) and starts loading it; stamps the load's start and
+    /// end in `control`'s timings.
+    fn spawn(mem: &GuestMemory, kernel: &Path, control: &Arc<VmControl>) -> Result<Self, VmError> {
+        let mut f = File::open(kernel).map_err(|source| VmError::File {
+            what: "opening kernel",
+            path: kernel.to_path_buf(),
+            source,
+        })?;
+        let (mem, control) = (mem.clone(), control.clone());
+        let handle = std::thread::Builder::new()
+            .name("hearth-kload".into())
+            .spawn(move || {
+                control.stamp(|s| &mut s.kernel_load_start);
+                let entry = boot::load_kernel(&mem, &mut f)?;
+                control.stamp(|s| &mut s.kernel_loaded);
+                Ok(entry)
+            })
+            .map_err(VmError::KernelLoaderSpawn)?;
+        Ok(Self(Some(handle)))
+    }
+
+    /// The loaded kernel's entry, once the thread is done.
+    fn wait(mut self) -> Result<KernelEntry, VmError> {
+        match self.0.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) | None => Err(VmError::KernelLoaderPanicked),
+        }
+    }
+}
+
+impl Drop for KernelLoad {
+    /// Joins a load still running on an error path: its clone of guest memory must be gone
+    /// before guest RAM can be unmapped.
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Writes what the loaded kernel reads at entry: command line, PVH start info or zero page,
+/// MP table.
+fn write_boot_info(
+    mem: &GuestMemory,
+    entry: KernelEntry,
     cmdline: &Cmdline,
     vcpus: u8,
 ) -> Result<VcpuBoot, VmError> {
-    let mut f = File::open(kernel).map_err(|source| VmError::File {
-        what: "opening kernel",
-        path: kernel.to_path_buf(),
-        source,
-    })?;
-    let entry = boot::load_kernel(mem, &mut f)?;
     let cmdline_len = boot::write_cmdline(mem, cmdline)?;
     let ram = boot::e820_ram(mem);
     match entry.protocol {

@@ -139,6 +139,12 @@ pub enum VmError {
     /// An eventfd could not be created.
     #[error("creating eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The kernel loader thread could not be spawned.
+    #[error("spawning the kernel loader thread: {0}")]
+    KernelLoaderSpawn(#[source] std::io::Error),
+    /// The kernel loader thread panicked.
+    #[error("the kernel loader thread panicked")]
+    KernelLoaderPanicked,
     /// The VM stopped before the agent became ready.
     #[error("VM stopped before the agent was ready: {exit}")]
     ExitedBeforeReady {

@@ -14,7 +14,8 @@ pub struct BootTimings {
     /// Part of `build_to_vm_created`: from `start()` until guest RAM was mapped and the KVM VM
     /// created.
     pub build_to_kvm_vm: Option<Duration>,
-    /// Part of `build_to_vm_created`: loading the kernel and its boot information.
+    /// Part of `build_to_vm_created`: loading the kernel image, on a thread of its own that
+    /// runs while the KVM VM and the devices are set up (so it overlaps `build_to_kvm_vm`).
     pub kernel_load: Option<Duration>,
     /// From VM creation to vCPU 0's first KVM_RUN.
     pub vm_created_to_kernel_entry: Option<Duration>,

@@ -70,6 +70,8 @@ pub struct ExitSummary {
     pub sites: HashMap<(String, u64), u64>,
     /// Seconds the guest ran: from each entry to the exit after it.
     pub guest_s: f64,
+    /// Every exit in time order: (seconds since the first entry, reason, guest rip).
+    pub exits: Vec<(f64, String, u64)>,
 }
 
 /// Per-vCPU state while reading the trace in time order.
@@ -84,6 +86,7 @@ impl ExitSummary {
     pub fn parse(trace: &str) -> Self {
         let mut s = Self::default();
         let mut vcpus: HashMap<String, Vcpu> = HashMap::new();
+        let mut first_entry = None;
         for line in trace.lines() {
             let t: Vec<&str> = line.split_whitespace().collect();
             let Some(i) = t
@@ -110,11 +113,14 @@ impl ExitSummary {
                 }
                 s.reasons.entry(reason.clone()).or_default().0 += 1;
                 *s.sites.entry((reason.clone(), rip)).or_default() += 1;
+                let since = ts - *first_entry.get_or_insert(ts);
+                s.exits.push((since, reason.clone(), rip));
                 vcpu.exited = Some((ts, reason));
             } else {
                 if let Some((x, reason)) = vcpu.exited.take() {
                     s.reasons.entry(reason).or_default().1 += ts - x;
                 }
+                first_entry.get_or_insert(ts);
                 vcpu.entered = Some(ts);
             }
         }
@@ -145,6 +151,56 @@ impl ExitSummary {
                 let _ = write!(out, " ({name})");
             }
             out.push(';');
+        }
+        out
+    }
+}
+
+impl ExitSummary {
+    /// The boot as a timeline of exit sites, one line per run of consecutive exits in the same
+    /// guest function: `first ms - last ms  exits  reasons  function`. Shows when the guest
+    /// reached each stage of its boot (the exits are its only timestamps before its clock starts)
+    /// and how long the stretches without exits took.
+    pub fn timeline(&self, symbols: Option<&KernelSymbols>) -> String {
+        let func = |rip: u64| {
+            symbols.and_then(|s| s.describe(rip)).map_or_else(
+                || format!("{rip:#x}"),
+                |d| d.split('+').next().unwrap_or("").to_string(),
+            )
+        };
+        let mut out = String::new();
+        let mut run: Option<(f64, f64, u64, String, Vec<String>)> = None;
+        let flush = |r: &(f64, f64, u64, String, Vec<String>), out: &mut String| {
+            let _ = writeln!(
+                out,
+                "{:9.1} - {:9.1} ms {:5} exits  {:<16} {}",
+                r.0 * 1e3,
+                r.1 * 1e3,
+                r.2,
+                r.4.join(","),
+                r.3
+            );
+        };
+        for (t, reason, rip) in &self.exits {
+            let f = func(*rip);
+            match &mut run {
+                Some(r) if r.3 == f => {
+                    r.1 = *t;
+                    r.2 += 1;
+                    if !r.4.contains(reason) {
+                        r.4.push(reason.clone());
+                    }
+                }
+                _ => {
+                    if let Some(r) = run.take() {
+                        flush(&r, &mut out);
+                    }
+                    run = Some((*t, *t, 1, f, vec![reason.clone()]));
+                }
+            }
+        }
+        if let Some(r) = run {
+            flush(&r, &mut out);
         }
         out
     }
@@ -185,6 +241,41 @@ mod tests {
         assert!(
             report.contains("top exit sites: 2 cpuid 0xffffffff81c9a0d6;"),
             "{report}"
+        );
+    }
+
+    #[test]
+    fn timeline_merges_consecutive_exits_in_one_function() {
+        let s = ExitSummary::parse(TRACE);
+        let t = s.timeline(None);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        let words = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            words(lines[0]),
+            [
+                "0.1",
+                "-",
+                "0.3",
+                "ms",
+                "2",
+                "exits",
+                "cpuid",
+                "0xffffffff81c9a0d6"
+            ]
+        );
+        assert_eq!(
+            words(lines[1]),
+            [
+                "1.4",
+                "-",
+                "1.4",
+                "ms",
+                "1",
+                "exits",
+                "npf",
+                "0xffffffff810354da"
+            ]
         );
     }
 

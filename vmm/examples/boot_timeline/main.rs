@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! HEARTH_KERNEL=... HEARTH_ROOTFS=... cargo run -p hearth-vmm --example boot_timeline -- \
-//!     [--mem MIB] [--runs N] [--probe-zeroing] [--trace-exits] [CMDLINE EXTRA...]
+//!     [--mem MIB] [--runs N] [--probe-zeroing] [--trace-exits] [--exit-timeline] [CMDLINE EXTRA...]
 //! ```
 //!
 //! With `HEARTH_AGENT_LOG=debug` among the extra parameters it prints the agent's side of each
@@ -16,6 +16,8 @@
 //! the start of each boot to agent ready (needs tracefs: `mount -t tracefs none
 //! /sys/kernel/tracing`) and prints the exits by reason with the host's time for them, the
 //! guest's own run time, and the guest addresses that exited most (`exit_trace.rs`).
+//! `--exit-timeline` (implies `--trace-exits`) also prints the boot as a timeline of the guest
+//! functions that exited: when the guest reached each stage, also before its clock started.
 //!
 //! `--probe-zeroing` measures, before the first boot and twice after every boot, what putting
 //! the kernel's `PT_LOAD` segments into fresh memory mapped like guest RAM costs this process,
@@ -37,6 +39,7 @@ fn main() {
     let mut runs = 1;
     let mut probe = false;
     let mut trace_exits = false;
+    let mut timeline = false;
     let mut extra = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -45,6 +48,10 @@ fn main() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--probe-zeroing" => probe = true,
             "--trace-exits" => trace_exits = true,
+            "--exit-timeline" => {
+                trace_exits = true;
+                timeline = true;
+            }
             _ => extra.push(a),
         }
     }
@@ -71,9 +78,14 @@ fn main() {
         let ready = vm.wait_ready(Duration::from_secs(240));
         match trace.map(|t| t.and_then(exit_trace::ExitTrace::finish)) {
             Some(Ok(text)) => {
-                let report = exit_trace::ExitSummary::parse(&text).report(symbols.as_ref(), 25);
-                for line in report.lines() {
+                let summary = exit_trace::ExitSummary::parse(&text);
+                for line in summary.report(symbols.as_ref(), 25).lines() {
                     println!("run {run}: {line}");
+                }
+                if timeline {
+                    for line in summary.timeline(symbols.as_ref()).lines() {
+                        println!("run {run}: timeline: {line}");
+                    }
                 }
             }
             Some(Err(e)) => println!("run {run}: no exit trace: {e}"),

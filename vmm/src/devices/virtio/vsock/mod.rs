@@ -11,7 +11,7 @@
 //! let (vsock, handle) = Vsock::new(3)?;
 //! let vsock = Arc::new(Mutex::new(vsock));
 //! event_manager.add_subscriber(vsock.clone());      // registers its eventfds in `init`
-//! mmio_transport_for(vsock);                       // device_type 19, 3 queues of 256
+//! mmio_transport_for(vsock);                       // device_type 19, 3 queues of 128
 //! let stream = handle.connect(1024).await?;        // host -> guest port 1024
 //! let mut listener = handle.listen(2000)?;         // guest -> (CID 2, port 2000)
 //! ```
