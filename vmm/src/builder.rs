@@ -492,3 +492,48 @@ fn scratch_file(mib: u64) -> Result<File, VmError> {
     f.set_len(mib << 20).map_err(err)?;
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_kernel_fails_start_before_kvm_is_needed() {
+        let started = VmBuilder::new()
+            .kernel("/nonexistent/hearth-test-kernel")
+            .memory_mib(64)
+            .start();
+        match started {
+            Err(VmError::File { what, path, .. }) => {
+                assert_eq!(what, "opening kernel");
+                assert_eq!(path, Path::new("/nonexistent/hearth-test-kernel"));
+            }
+            Err(e) => panic!("expected a file error, got: {e}"),
+            Ok(_) => panic!("a VM started without a kernel file"),
+        }
+    }
+
+    #[test]
+    fn a_kernel_that_is_neither_elf_nor_bzimage_fails_on_the_loader_thread() {
+        let ram = arch::create_guest_memory(64 << 20).expect("guest memory");
+        let path = std::env::temp_dir().join(format!("hearth-not-a-kernel-{}", std::process::id()));
+        std::fs::write(&path, [0x5a; 8192]).expect("writing the test file");
+        let control = Arc::new(VmControl::new().expect("eventfd"));
+        let load = KernelLoad::spawn(ram.memory(), &path, &control).expect("spawn");
+        let result = load.wait();
+        std::fs::remove_file(&path).expect("removing the test file");
+        assert!(
+            matches!(result, Err(VmError::Boot(_))),
+            "expected a boot error, got {result:?}"
+        );
+        let stamps = control.stamps();
+        assert!(
+            stamps.kernel_load_start.is_some(),
+            "the load's start is stamped"
+        );
+        assert!(
+            stamps.kernel_loaded.is_none(),
+            "a failed load is not stamped as loaded"
+        );
+    }
+}
