@@ -154,9 +154,7 @@ impl ExitSummary {
         }
         out
     }
-}
 
-impl ExitSummary {
     /// The boot as a timeline of exit sites, one line per run of consecutive exits in the same
     /// guest function: `first ms - last ms  exits  reasons  function`. Shows when the guest
     /// reached each stage of its boot (the exits are its only timestamps before its clock starts)
@@ -169,40 +167,60 @@ impl ExitSummary {
             )
         };
         let mut out = String::new();
-        let mut run: Option<(f64, f64, u64, String, Vec<String>)> = None;
-        let flush = |r: &(f64, f64, u64, String, Vec<String>), out: &mut String| {
-            let _ = writeln!(
-                out,
-                "{:9.1} - {:9.1} ms {:5} exits  {:<16} {}",
-                r.0 * 1e3,
-                r.1 * 1e3,
-                r.2,
-                r.4.join(","),
-                r.3
-            );
-        };
+        let mut stretch: Option<Stretch> = None;
         for (t, reason, rip) in &self.exits {
-            let f = func(*rip);
-            match &mut run {
-                Some(r) if r.3 == f => {
-                    r.1 = *t;
-                    r.2 += 1;
-                    if !r.4.contains(reason) {
-                        r.4.push(reason.clone());
+            let function = func(*rip);
+            match &mut stretch {
+                Some(st) if st.function == function => {
+                    st.last = *t;
+                    st.exits += 1;
+                    if !st.reasons.contains(reason) {
+                        st.reasons.push(reason.clone());
                     }
                 }
                 _ => {
-                    if let Some(r) = run.take() {
-                        flush(&r, &mut out);
+                    if let Some(st) = stretch.take() {
+                        st.write(&mut out);
                     }
-                    run = Some((*t, *t, 1, f, vec![reason.clone()]));
+                    stretch = Some(Stretch {
+                        first: *t,
+                        last: *t,
+                        exits: 1,
+                        function,
+                        reasons: vec![reason.clone()],
+                    });
                 }
             }
         }
-        if let Some(r) = run {
-            flush(&r, &mut out);
+        if let Some(st) = stretch {
+            st.write(&mut out);
         }
         out
+    }
+}
+
+/// Consecutive exits in one guest function: one line of [`ExitSummary::timeline`].
+struct Stretch {
+    /// Seconds since the first entry of the first and the last exit.
+    first: f64,
+    last: f64,
+    exits: u64,
+    function: String,
+    /// Exit reasons in order of first appearance.
+    reasons: Vec<String>,
+}
+
+impl Stretch {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "{:9.1} - {:9.1} ms {:5} exits  {:<16} {}",
+            self.first * 1e3,
+            self.last * 1e3,
+            self.exits,
+            self.reasons.join(","),
+            self.function
+        );
     }
 }
 
