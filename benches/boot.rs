@@ -7,7 +7,9 @@
 //! `cargo bench --bench boot` (needs KVM that boots standard guests: use
 //! `harness/run-benches.sh` on this project's kvm_pvm hosts). `HEARTH_BENCH_QEMU=0` benches
 //! hearth alone; `HEARTH_BENCH_DMESG=1` prints the guest kernel log of one boot per VMM (the
-//! boot timeline without serial-console cost, for finding where boot time goes).
+//! boot timeline without serial-console cost, for finding where boot time goes);
+//! `HEARTH_BENCH_GUEST_TIMES=1` also reports, per VMM, when the guest's agent started, had set
+//! the guest up and listened, on the guest's own clock (`support::guest_clock`).
 
 mod support;
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use hearth_agent::proto::ExecSpec;
 
-use support::{Which, boot, guest_cid, report, require, runtime};
+use support::{Which, boot, guest_cid, guest_clock, report, require, runtime};
 
 fn cold_boot(c: &mut Criterion) {
     let rt = runtime();
@@ -37,6 +39,7 @@ fn cold_boot(c: &mut Criterion) {
     // swings on the shared host and the outer machine's state hit both VMMs alike. Criterion
     // times hearth's boots; the QEMU boot taken next to each one goes into QEMU's RESULT line.
     let mut samples = vec![Vec::new(); vmms.len()];
+    let mut guest_times = vec![Vec::new(); vmms.len()];
     let (mut seq, mut round) = (0, 0);
     group.bench_function(Which::Hearth.name(), |b| {
         b.iter_custom(|iters| {
@@ -54,6 +57,7 @@ fn cold_boot(c: &mut Criterion) {
                         total += guest.boot;
                     }
                     samples[i].push(guest.boot.as_secs_f64() * 1000.0);
+                    guest_times[i].extend(guest.guest_times);
                     guest.stop();
                 }
             }
@@ -63,6 +67,9 @@ fn cold_boot(c: &mut Criterion) {
     group.finish();
     for (which, s) in vmms.iter().zip(&samples) {
         report("cold_boot_to_agent_ready", *which, "ms", s);
+    }
+    for (which, t) in vmms.iter().zip(&guest_times) {
+        guest_clock::report("cold_boot_to_agent_ready", *which, t);
     }
 }
 

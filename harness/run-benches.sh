@@ -110,6 +110,7 @@ else
             --file "$HEARTH_KERNEL" --file "$HEARTH_ROOTFS" --file "$runner" \
             --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" \
             --pass-env HEARTH_BENCH_QEMU --pass-env HEARTH_BENCH_DMESG --pass-env HEARTH_BENCH_VMS \
+            --pass-env HEARTH_BENCH_GUEST_TIMES \
             --pass-env RUST_LOG "${bin_args[@]}" -- "$(command -v bash)" "$runner" 2>&1 | tee -a "$logfile" "$attempt_log"
         rc=${PIPESTATUS[0]}
         failure="$(outer_machine_failure "$rc" "$attempt_log")" || break
@@ -137,4 +138,5 @@ awk '/^RESULT /{
                 unit[b], (cnt[b, "hearth"] == "" ? "-" : cnt[b, "hearth"]), (cnt[b, "qemu"] == "" ? "-" : cnt[b, "qemu"]);
         }
     }' "$logfile"
+grep -E '^GUEST_CLOCK ' "$logfile" || true   # with HEARTH_BENCH_GUEST_TIMES=1
 [ "$rc" = 0 ] || die "a bench failed (status $rc); see $logfile"

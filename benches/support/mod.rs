@@ -3,11 +3,14 @@
 //! the `RESULT` lines `harness/run-benches.sh` collects.
 #![allow(dead_code)]
 
+pub mod guest_clock;
+
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hearth_agent::agent::ready::ReadyTimes;
 use hearth_agent::client::{Client, connect_vsock};
 use hearth_vmm::{Vm, VmBuilder};
 
@@ -65,6 +68,8 @@ pub struct Guest {
     pub client: Client,
     /// Start of the VMM (builder `start()` / QEMU spawn) to completed handshake.
     pub boot: Duration,
+    /// The guest's own times, with `HEARTH_BENCH_GUEST_TIMES=1` (`guest_clock`).
+    pub guest_times: Option<ReadyTimes>,
     vmm: Vmm,
 }
 
@@ -168,7 +173,10 @@ async fn boot_hearth(cid: u32) -> Guest {
         .memory_mib(MEMORY_MIB)
         .vcpus(1)
         .vsock_cid(Some(u64::from(cid)))
-        .cmdline_extra(COMMON_CMDLINE)
+        .cmdline_extra(format!(
+            "{COMMON_CMDLINE}{}",
+            guest_clock::cmdline_for_both()
+        ))
         .deadline(Duration::from_secs(3600))
         .start()
         .unwrap_or_else(|e| panic!("hearth VM start: {e}"));
@@ -193,9 +201,13 @@ async fn boot_hearth(cid: u32) -> Guest {
         (boot.saturating_sub(vm.timings().build_to_agent_ready.unwrap_or_default())).as_secs_f64()
             * 1000.0
     );
+    let guest_times = guest_clock::enabled()
+        .then(|| ReadyTimes::from_console(&vm.console_tail()))
+        .flatten();
     Guest {
         client,
         boot,
+        guest_times,
         vmm: Vmm::Hearth(Box::new(vm)),
     }
 }
@@ -231,8 +243,10 @@ impl Qemu {
 /// same kernel configuration.
 fn qemu_command(kernel: &Path, rootfs: &Path, cid: u32, console: &Path, stderr: File) -> Command {
     let append = format!(
-        "{} root=/dev/vda ro rootfstype=ext4 init=/sbin/hearth-agent {COMMON_CMDLINE}",
-        qemu_cmdline()
+        "{} root=/dev/vda ro rootfstype=ext4 init=/sbin/hearth-agent {COMMON_CMDLINE}{}{}",
+        qemu_cmdline(),
+        guest_clock::cmdline_for_both(),
+        guest_clock::cmdline_for_qemu()
     );
     let mut cmd = Command::new(qemu_binary());
     cmd.args([
@@ -313,9 +327,15 @@ async fn boot_qemu(cid: u32) -> Guest {
         if let Ok(Ok(client)) = attempt.await {
             let boot = started.elapsed();
             println!("qemu boot {:.0} ms", boot.as_secs_f64() * 1000.0);
+            // The agent logged its line before it listened, and QEMU writes the serial port's
+            // bytes to the file as the guest sends them.
+            let guest_times = guest_clock::enabled()
+                .then(|| ReadyTimes::from_console(&qemu.console_tail()))
+                .flatten();
             return Guest {
                 client,
                 boot,
+                guest_times,
                 vmm: Vmm::Qemu(qemu),
             };
         }

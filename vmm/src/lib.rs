@@ -32,6 +32,7 @@ pub use timings::BootTimings;
 
 use crate::arch::x86_64::symbols::{self, KernelSymbols};
 use crate::devices::console::ConsoleTail;
+pub use crate::devices::ready_port::READY_PORT;
 pub use crate::devices::virtio::net::tap::{Tap, TapError};
 pub use crate::devices::virtio::vsock::{VsockHandle, VsockListener, VsockStream};
 use crate::vstate::control::VmControl;
