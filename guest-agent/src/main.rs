@@ -150,8 +150,8 @@ fn main() -> ExitCode {
                 started_ms,
                 set_up_ms,
                 listening_ms = ms_since_kernel_boot(),
-                "signalling ready (times since the kernel's start: agent started, guest set up, \
-                 listening)"
+                "{} (times since the kernel's start: agent started, guest set up, listening)",
+                ready::READY_LOG_MESSAGE
             );
             if let Err(e) = ready::signal_ready(port) {
                 tracing::warn!(error = %e, "ready signal failed");

@@ -23,8 +23,8 @@ pub fn signal_ready(_port: u16) -> std::io::Result<()> {
     Err(std::io::Error::other("I/O port ready signal needs x86_64"))
 }
 
-/// The message of the debug line the agent logs right before it signals ready (main.rs), with
-/// the fields `started_ms`, `set_up_ms` and `listening_ms`.
+/// The start of the debug line the agent logs right before it signals ready (main.rs logs it
+/// from this constant), with the fields `started_ms`, `set_up_ms` and `listening_ms`.
 pub const READY_LOG_MESSAGE: &str = "signalling ready";
 
 /// The guest's side of a boot, from the agent's ready line: ms on the guest's CLOCK_BOOTTIME
