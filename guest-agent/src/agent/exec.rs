@@ -5,8 +5,8 @@
 use super::reaper::{ChildExit, Reaper, kill_group};
 use crate::outbox::Outbox;
 use crate::proto::{
-    DATA_MESSAGE_COST, ErrorCode, ExecSpec, ExitInfo, MAX_CHUNK, MIN_WINDOW, Message, OutputStream,
-    Program, RequestId, data_cost,
+    ErrorCode, ExecSpec, ExitInfo, MAX_CHUNK, MIN_WINDOW, Message, OutputStream, Program,
+    RequestId, data_cost, piece_to_send,
 };
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -218,9 +218,9 @@ pub async fn run_exec(
         if exited.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
-        let want = credit
-            .saturating_sub(u64::from(DATA_MESSAGE_COST))
-            .min(MAX_CHUNK as u64) as usize;
+        // Read only what can go out as one message, and wait for a full one's credit
+        // (`piece_to_send`): short reads on a low credit would shrink the client's grants too.
+        let want = piece_to_send(credit, MAX_CHUNK, u64::from(spec.window)).unwrap_or(0);
         let timer_on = deadline.is_some() && exited.is_none() && !timed_out;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400);
         tokio::select! {

@@ -5,7 +5,7 @@
 use crate::archive::{ArchiveError, ChunkReader, ChunkWriter, extract_tar, pack_tree};
 use crate::outbox::Outbox;
 use crate::proto::{
-    DATA_MESSAGE_COST, ErrorCode, MIN_WINDOW, Message, PUT_WINDOW, RequestId, data_cost,
+    ErrorCode, MIN_WINDOW, Message, PUT_WINDOW, RequestId, data_cost, piece_to_send,
 };
 use crate::transfer_credit::CreditReturner;
 use std::ffi::OsStr;
@@ -166,16 +166,16 @@ pub async fn run_get(
     let mut credit = u64::from(window);
     while let Some(mut chunk) = rx.recv().await {
         while !chunk.is_empty() {
-            while credit <= u64::from(DATA_MESSAGE_COST) {
+            let n = loop {
+                if let Some(n) = piece_to_send(credit, chunk.len(), u64::from(window)) {
+                    break n;
+                }
                 match ctl.recv().await {
                     Some(FileControl::Credit(n)) => credit = credit.saturating_add(u64::from(n)),
                     Some(FileControl::Cancel) | None => return, // dropping rx stops the packer
                     Some(_) => {}
                 }
-            }
-            let n = chunk
-                .len()
-                .min((credit - u64::from(DATA_MESSAGE_COST)) as usize);
+            };
             let rest = chunk.split_off(n);
             credit -= data_cost(n);
             if !out.send(Message::FileChunk { id, data: chunk }).await {

@@ -5,7 +5,7 @@
 
 use super::{Client, ClientError, unexpected};
 use crate::archive::{ChunkReader, ChunkWriter, ExtractStats, extract_tar, pack_tree};
-use crate::proto::{DATA_MESSAGE_COST, DEFAULT_WINDOW, Message, RequestId, data_cost};
+use crate::proto::{DEFAULT_WINDOW, Message, RequestId, data_cost, piece_to_send};
 use crate::transfer_credit::CreditReturner;
 use std::io::Read;
 use std::path::Path;
@@ -64,18 +64,22 @@ impl Client {
         .await?;
         let (tx, mut chunks) = mpsc::channel::<Vec<u8>>(4);
         let producing = tokio::task::spawn_blocking(move || produce(ChunkWriter::new(tx)));
-        let mut credit: u64 = 0;
+        // The agent's first grant is the whole window; credit never exceeds it.
+        let (mut credit, mut window): (u64, u64) = (0, 0);
         while let Some(mut chunk) = chunks.recv().await {
             while !chunk.is_empty() {
-                while credit <= u64::from(DATA_MESSAGE_COST) {
+                let piece = loop {
+                    if let Some(n) = piece_to_send(credit, chunk.len(), window) {
+                        break n;
+                    }
                     match self.recv(&mut rx).await? {
-                        Message::Credit { bytes, .. } => credit += u64::from(bytes),
+                        Message::Credit { bytes, .. } => {
+                            credit += u64::from(bytes);
+                            window = window.max(credit);
+                        }
                         other => return Err(self.abort(id, other).await),
                     }
-                }
-                let piece = chunk
-                    .len()
-                    .min((credit - u64::from(DATA_MESSAGE_COST)) as usize);
+                };
                 let rest = chunk.split_off(piece);
                 credit -= data_cost(piece);
                 self.send(Message::FileChunk { id, data: chunk }).await?;
@@ -84,7 +88,10 @@ impl Client {
             // Notice an early refusal without waiting for the whole upload.
             while let Some(m) = rx.try_recv() {
                 match m {
-                    Message::Credit { bytes, .. } => credit += u64::from(bytes),
+                    Message::Credit { bytes, .. } => {
+                        credit += u64::from(bytes);
+                        window = window.max(credit);
+                    }
                     other => return Err(self.abort(id, other).await),
                 }
             }
