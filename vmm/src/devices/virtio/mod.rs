@@ -204,6 +204,29 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data[..n].copy_from_slice(&config[start..start + n]);
 }
 
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT` in the available ring's flags (virtio 1.2, 2.7.6).
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Whether the driver wants an interrupt for the used entries just added to `queue`. With
+/// `VIRTIO_RING_F_EVENT_IDX` negotiated its `used_event` decides (virtio-queue's
+/// `needs_notification`); without it, the driver's `VIRTQ_AVAIL_F_NO_INTERRUPT` flag, which
+/// virtio-queue 0.18 does not look at (Linux sets it while its work drains the queue and looks at
+/// the used ring again before clearing it). A ring we cannot read gets the interrupt.
+pub fn driver_wants_interrupt(queue: &mut virtio_queue::Queue, mem: &GuestMemory) -> bool {
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem).unwrap_or(true);
+    }
+    // The used index we just published must be visible before we read the flags: the driver
+    // sets the flag first and reads the used index after (the spec's pairing barrier).
+    std::sync::atomic::fence(Ordering::SeqCst);
+    mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Acquire)
+        .map_or(true, |flags| {
+            u16::from_le(flags) & VIRTQ_AVAIL_F_NO_INTERRUPT == 0
+        })
+}
+
 /// A ready split queue of `2^(size_log2 % 9)` entries at the given ring addresses: the queue
 /// the fuzz targets drive from fuzzed guest memory (not a stable API).
 #[doc(hidden)]
@@ -222,6 +245,21 @@ pub fn fuzz_queue(size_log2: u8, desc: u64, avail: u64, used: u64) -> Option<vir
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_interrupt_flag_is_honoured_without_event_idx() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = fuzz_queue(4, 0x1000, 0x2000, 0x3000).unwrap();
+        assert!(driver_wants_interrupt(&mut q, &mem));
+        mem.write_obj(1u16.to_le(), GuestAddress(0x2000)).unwrap();
+        assert!(!driver_wants_interrupt(&mut q, &mem));
+        mem.write_obj(0u16, GuestAddress(0x2000)).unwrap();
+        assert!(driver_wants_interrupt(&mut q, &mem));
+        // An available ring outside guest memory: interrupt rather than stay silent.
+        let mut far = fuzz_queue(4, 0x1000, 0x10_0000, 0x3000).unwrap();
+        assert!(driver_wants_interrupt(&mut far, &mem));
+    }
 
     #[test]
     fn unacknowledged_interrupt_is_raised_again_and_acknowledged_one_is_not() {

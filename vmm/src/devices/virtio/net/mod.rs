@@ -25,7 +25,7 @@ use self::frame::{MAX_FRAME_LEN, VNET_HDR_LEN};
 use self::tap::Tap;
 use super::{
     ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_NET, VIRTIO_F_VERSION_1,
-    VirtioDevice, read_config_bytes,
+    VirtioDevice, driver_wants_interrupt, read_config_bytes,
 };
 
 /// VIRTIO_NET_F_MAC: the config space holds the MAC address.
@@ -166,7 +166,7 @@ impl Net {
             used += 1;
         }
         if used > 0 {
-            Self::interrupt(a);
+            Self::interrupt(a, RX_QUEUE);
         }
     }
 
@@ -211,11 +211,17 @@ impl Net {
             }
         }
         if used > 0 {
-            Self::interrupt(a);
+            Self::interrupt(a, TX_QUEUE);
         }
     }
 
-    fn interrupt(a: &Active) {
+    /// Raises the used-ring interrupt for `queue` unless the driver suppressed it.
+    fn interrupt(a: &mut Active, queue: usize) {
+        if let Some(q) = a.queues.get_mut(queue)
+            && !driver_wants_interrupt(q, &a.mem)
+        {
+            return;
+        }
         if let Err(e) = a.irq.trigger(IrqKind::Vring) {
             tracing::warn!(error = %e, "net: interrupt failed");
         }

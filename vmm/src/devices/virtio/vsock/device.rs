@@ -15,7 +15,7 @@ use super::shared::BackendShared;
 use super::{VsockError, packet::HOST_CID};
 use crate::devices::virtio::{
     ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_VSOCK, VIRTIO_F_VERSION_1,
-    VirtioDevice,
+    VirtioDevice, driver_wants_interrupt,
 };
 /// Queue indices.
 pub const RX_QUEUE: usize = 0;
@@ -118,9 +118,19 @@ impl Vsock {
         self.active.is_some()
     }
 
-    /// Raises the used-ring interrupt. One the guest leaves unacknowledged is raised again by
-    /// the event loop ([`IrqTrigger::repeat_if_unacknowledged`]), for every virtio device.
-    fn signal_interrupt(active: &Active) {
+    /// Raises the used-ring interrupt for `queue` unless the driver asked for none
+    /// (`VIRTQ_AVAIL_F_NO_INTERRUPT`: Linux sets it while its RX or TX work drains the queue, and
+    /// picks up what we add meanwhile before it turns interrupts back on). Every interrupt costs
+    /// the guest its handler's two register accesses, each a VM exit. One the guest leaves
+    /// unacknowledged is raised again by the event loop
+    /// ([`IrqTrigger::repeat_if_unacknowledged`]), for every virtio device.
+    fn signal_interrupt(active: &mut Active, queue: usize) {
+        let Some(q) = active.queues.get_mut(queue) else {
+            return;
+        };
+        if !driver_wants_interrupt(q, &active.mem) {
+            return;
+        }
         if let Err(e) = active.irq.trigger(IrqKind::Vring) {
             tracing::warn!(error = %e, "vsock: failed to signal the used-ring interrupt");
         }
@@ -138,7 +148,7 @@ impl Vsock {
             .muxer
             .process_rx(&active.mem, &mut active.queues[RX_QUEUE]);
         if used > 0 {
-            Self::signal_interrupt(active);
+            Self::signal_interrupt(active, RX_QUEUE);
         }
     }
 
@@ -153,7 +163,7 @@ impl Vsock {
             self.muxer
                 .process_tx(&active.mem, &mut active.queues[TX_QUEUE], TX_BUDGET);
         if used > 0 {
-            Self::signal_interrupt(active);
+            Self::signal_interrupt(active, TX_QUEUE);
         }
         if more && let Err(e) = active.queue_evts[TX_QUEUE].write(1) {
             tracing::warn!(error = %e, "vsock: failed to re-arm TX processing");

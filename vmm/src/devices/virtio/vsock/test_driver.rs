@@ -134,6 +134,16 @@ impl DriverQueue {
         .unwrap();
     }
 
+    /// Sets or clears `VIRTQ_AVAIL_F_NO_INTERRUPT` (Linux sets it while it drains the queue).
+    pub fn suppress_interrupts(&self, mem: &GuestMemoryMmap, on: bool) {
+        mem.store(
+            u16::from(on).to_le(),
+            GuestAddress(self.avail),
+            Ordering::Release,
+        )
+        .unwrap();
+    }
+
     /// Used entries the device added since last time: (head, len).
     pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
         let idx: u16 = u16::from_le(

@@ -100,6 +100,33 @@ async fn host_connect_then_data_both_ways() {
 }
 
 #[tokio::test]
+async fn no_interrupt_while_the_driver_suppresses_them() {
+    let mut h = Harness::new();
+    let (mut stream, _) = host_connect(&mut h, 1234).await;
+    let settle = || std::thread::sleep(Duration::from_millis(50));
+    settle();
+    h.irq.ack(u32::MAX);
+    let _ = h.irq.irqfd().read();
+
+    h.rx.suppress_interrupts(&h.mem, true);
+    stream.write_all(b"while draining").await.unwrap();
+    let pkts = h.recv_until(|hdr, _| op(hdr) == Some(Op::Rw)).await;
+    assert!(pkts.iter().any(|(_, d)| d == b"while draining"));
+    settle();
+    assert_eq!(h.irq.status(), 0, "interrupt raised although suppressed");
+    assert!(
+        h.irq.irqfd().read().is_err(),
+        "irqfd signalled although suppressed"
+    );
+
+    h.rx.suppress_interrupts(&h.mem, false);
+    stream.write_all(b"after draining").await.unwrap();
+    h.recv_until(|hdr, _| op(hdr) == Some(Op::Rw)).await;
+    assert_ne!(h.irq.status() & 1, 0);
+    assert!(h.irq.irqfd().read().unwrap() > 0);
+}
+
+#[tokio::test]
 async fn malformed_rx_buffers_are_returned_empty_and_skipped() {
     let mut h = Harness::without_rx_buffers();
     let write = VRING_DESC_F_WRITE as u16;
