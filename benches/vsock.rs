@@ -41,18 +41,21 @@ fn throughput(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    rt.block_on(client.put_files(local.path(), "/tmp/bench-upload"))
-                        .expect("put_files");
+                    guest.expect_ok(
+                        "put_files",
+                        rt.block_on(client.put_files(local.path(), "/tmp/bench-upload")),
+                    );
                     let d = t.elapsed();
                     total += d;
                     up.push(BYTES as f64 / d.as_secs_f64() / f64::from(1 << 20));
-                    let out = rt
-                        .block_on(client.exec_collect(ExecSpec::argv([
+                    let out = guest.expect_ok(
+                        "rm",
+                        rt.block_on(client.exec_collect(ExecSpec::argv([
                             "rm",
                             "-rf",
                             "/tmp/bench-upload",
-                        ])))
-                        .expect("rm");
+                        ]))),
+                    );
                     assert_eq!(out.info.status, ExitStatus::Code(0));
                 }
                 total
@@ -65,14 +68,15 @@ fn throughput(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let out = rt
-                        .block_on(client.exec_collect(ExecSpec::argv([
+                    let out = guest.expect_ok(
+                        "exec head",
+                        rt.block_on(client.exec_collect(ExecSpec::argv([
                             "head",
                             "-c",
                             &BYTES.to_string(),
                             "/dev/zero",
-                        ])))
-                        .expect("exec head");
+                        ]))),
+                    );
                     let d = t.elapsed();
                     assert_eq!(out.info.status, ExitStatus::Code(0));
                     assert_eq!(out.stdout.len(), BYTES);

@@ -95,6 +95,27 @@ impl Guest {
         }
     }
 
+    /// The guest's serial console, last few KiB.
+    pub fn console_tail(&self) -> String {
+        match &self.vmm {
+            Vmm::Hearth(vm) => vm.console_tail(),
+            Vmm::Qemu(q) => q.console_tail(),
+        }
+    }
+
+    /// The value of an agent call, or a panic naming `what` with the error and the guest's
+    /// console tail (a guest that died in the emulated harness says why there: a kernel panic,
+    /// a triple fault). Waits a moment first: the console lags behind the failure.
+    pub fn expect_ok<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| {
+            std::thread::sleep(Duration::from_secs(2));
+            panic!(
+                "{what}: {e}\n--- guest console tail ---\n{}",
+                self.console_tail()
+            )
+        })
+    }
+
     /// Stops the guest.
     pub fn stop(self) {
         match self.vmm {
