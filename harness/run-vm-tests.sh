@@ -11,7 +11,8 @@
 #    with the artifacts, qemu-system-x86_64 and the binary passed in.
 # Fails when no `vm_*` test exists, when a required target is missing (HEARTH_VM_REQUIRED, default
 # every VM suite of the project: vm_qemu_reference vm_boot vm_agent vm_cli vm_job vm_job_load vm_net), when an
-# artifact cannot be built, when any binary fails, or when a binary ran no test (no "test result: ok. N passed" with N > 0).
+# artifact cannot be built, when any binary fails, or when a binary ran no test (no "test NAME ... ok"
+# line in any of its attempts).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -96,6 +97,14 @@ trap 'rm -rf "$logdir"' EXIT
 # vm_agent cases (a 100 MiB stream, 20 boots in a row) met such a failure in about half of the
 # binary's runs on 2026-12-02/03, so three attempts were not enough to keep CI reliable.
 max_attempts="${HEARTH_VM_TEST_ATTEMPTS:-4}"
+# A retry resumes the binary: the tests that passed before the outer machine failed are skipped
+# (`--exact --skip NAME`), so each attempt has less to do. Only without test filters among the
+# arguments (--exact would turn a substring filter into an exact one); otherwise the whole
+# binary runs again.
+resumable=1
+for a in ${test_args[@]+"${test_args[@]}"}; do
+    case "$a" in -*) ;; *) resumable=0 ;; esac
+done
 passed=() failed=() retried=()
 for t in "${tests[@]}"; do
     IFS=$'\t' read -r name exe manifest <<<"$t"
@@ -116,21 +125,29 @@ for t in "${tests[@]}"; do
         vm_job|vm_job_load) extra_args=("${git_args[@]}") ;;
         vm_net) extra_args=("${net_args[@]}") ;;
     esac
-    stalls=0
+    stalls=0 done_tests=()
     for attempt in $(seq 1 "$max_attempts"); do
+        run_args=(${test_args[@]+"${test_args[@]}"})
+        if [ "$resumable" = 1 ] && [ ${#done_tests[@]} -gt 0 ]; then
+            run_args+=(--exact)
+            for d in "${done_tests[@]}"; do run_args+=(--skip "$d"); done
+            log "resuming $name: skipping the ${#done_tests[@]} test(s) that passed before (${done_tests[*]})"
+        fi
         set +e
         if [ "$mode" = direct ]; then
-            (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" ${test_args[@]+"${test_args[@]}"}) 2>&1 | tee "$logdir/$name.log"
+            (cd "$pkgdir" && timeout -k 10 "$timeout_s" "$exe" "${run_args[@]}") 2>&1 | tee "$logdir/$name.log"
         else
             "$here/run-in-svm.sh" --timeout "$timeout_s" --qemu --workdir "$pkgdir" \
                 --file "$HEARTH_KERNEL" --file "$HEARTH_BZIMAGE" --file "$HEARTH_ROOTFS" --file "$HEARTH_ROOTFS_TINY" \
                 --env "HEARTH_KERNEL=$HEARTH_KERNEL" --env "HEARTH_BZIMAGE=$HEARTH_BZIMAGE" \
                 --env "HEARTH_ROOTFS=$HEARTH_ROOTFS" --env "HEARTH_ROOTFS_TINY=$HEARTH_ROOTFS_TINY" \
                 --env "CARGO_MANIFEST_DIR=$pkgdir" --pass-env RUST_LOG --pass-env RUST_BACKTRACE "${bin_args[@]}" ${extra_args[@]+"${extra_args[@]}"} \
-                -- "$exe" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$logdir/$name.log"
+                -- "$exe" "${run_args[@]}" 2>&1 | tee "$logdir/$name.log"
         fi
         rc=${PIPESTATUS[0]}
         set -e
+        while read -r d; do done_tests+=("$d"); done \
+            < <(grep -aE '^test [^ ]+ \.\.\. ok' "$logdir/$name.log" | tr -d '\r' | cut -d' ' -f2)
         # The outer machine's kernel crashed, or the emulated machine froze as a whole (its
         # heartbeat stopped, run-in-svm.sh killed it after 2 minutes): infrastructure, retried.
         if [ "$mode" = svm ] && [ "$attempt" -lt "$max_attempts" ] \
@@ -156,7 +173,8 @@ for t in "${tests[@]}"; do
         fi
         break
     done
-    if [ "$rc" = 0 ] && ! grep -aqE '^test result: ok\. [1-9][0-9]* passed' "$logdir/$name.log"; then
+    # Passed tests, over all attempts (a resumed last attempt may have had none left to run).
+    if [ "$rc" = 0 ] && [ ${#done_tests[@]} -eq 0 ]; then
         log "$name exited 0 but ran no test"; rc=1
     fi
     if [ "$rc" = 0 ]; then passed+=("$name"); log "$name passed ($(elapsed_since "$start"))"
