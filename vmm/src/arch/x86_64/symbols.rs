@@ -1,5 +1,6 @@
-//! Function symbols of an ELF `vmlinux` (its `.symtab`), to name the kernel function a vCPU was
-//! in when a guest hangs: `rip 0xffffffff81a2b3c4 (delay_tsc+0x34)` instead of a bare address.
+//! Function symbols of an ELF `vmlinux` (its `.symtab`; also the sized assembly entry code), to
+//! name the kernel function a vCPU was in when a guest hangs: `rip 0xffffffff81a2b3c4
+//! (delay_tsc+0x34)` instead of a bare address.
 //! Only the section headers, the symbol table and its string table are read, with every offset
 //! and size checked against the file. A bzImage or a stripped kernel has no symbols: that is an
 //! error the caller reports as "no symbols", never a failure of the VM.
@@ -23,6 +24,7 @@ pub enum SymbolsError {
 }
 
 const SHT_SYMTAB: u32 = 2;
+const STT_NOTYPE: u8 = 0;
 const STT_FUNC: u8 = 2;
 const SHDR_SIZE: usize = 64;
 const SYM_SIZE: usize = 24;
@@ -94,11 +96,16 @@ impl KernelSymbols {
     fn from_tables(syms: &[u8], strs: &[u8]) -> Self {
         let mut funcs: Vec<(u64, u64, String)> = syms
             .chunks_exact(SYM_SIZE)
-            .filter(|s| s[4] & 0xf == STT_FUNC)
             .filter_map(|s| {
                 let name_at = u32_at(s, 0)? as usize;
                 let value = u64_at(s, 8)?;
                 let size = u64_at(s, 16)?;
+                // Functions, and the assembly entry code (`asm_sysvec_apic_timer_interrupt`,
+                // `entry_SYSCALL_64`): untyped but sized. Untyped markers (`_text`) have no size.
+                let kind = s[4] & 0xf;
+                if kind != STT_FUNC && !(kind == STT_NOTYPE && size > 0) {
+                    return None;
+                }
                 let rest = strs.get(name_at..)?;
                 let name = &rest[..rest.iter().position(|&c| c == 0)?];
                 (value != 0 && !name.is_empty())
@@ -191,6 +198,21 @@ mod tests {
         s.extend_from_slice(&value.to_le_bytes());
         s.extend_from_slice(&size.to_le_bytes());
         s
+    }
+
+    #[test]
+    fn sized_assembly_entry_code_is_named_and_markers_are_not() {
+        let strs = b"\0asm_sysvec_apic_timer_interrupt\0__irqentry_text_end\0";
+        let mut syms = sym(1, STT_NOTYPE, 0xffff_ffff_8160_0bf0, 0x1b);
+        syms.extend(sym(33, STT_NOTYPE, 0xffff_ffff_8160_0cf0, 0));
+        let k = KernelSymbols::from_tables(&syms, strs);
+        assert_eq!(k.len(), 1);
+        // Where a vCPU stopped while an interrupt was being delivered (seen in vm_boot).
+        assert_eq!(
+            k.describe(0xffff_ffff_8160_0bf0).as_deref(),
+            Some("asm_sysvec_apic_timer_interrupt+0x0")
+        );
+        assert_eq!(k.describe(0xffff_ffff_8160_0cf0), None);
     }
 
     #[test]
