@@ -146,8 +146,10 @@ for t in "${tests[@]}"; do
         fi
         rc=${PIPESTATUS[0]}
         set -e
-        while read -r d; do done_tests+=("$d"); done \
-            < <(grep -aE '^test [^ ]+ \.\.\. ok' "$logdir/$name.log" | tr -d '\r' | cut -d' ' -f2)
+        # (The harness's log can hold a line twice; each name is kept once.)
+        while read -r d; do
+            case " ${done_tests[*]} " in *" $d "*) ;; *) done_tests+=("$d") ;; esac
+        done < <(grep -aE '^test [^ ]+ \.\.\. ok' "$logdir/$name.log" | tr -d '\r' | cut -d' ' -f2)
         # The outer machine's kernel crashed, or the emulated machine froze as a whole (its
         # heartbeat stopped, run-in-svm.sh killed it after 2 minutes): infrastructure, retried.
         if [ "$mode" = svm ] && [ "$attempt" -lt "$max_attempts" ] \
