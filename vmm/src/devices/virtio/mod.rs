@@ -82,6 +82,21 @@ impl IrqTrigger {
         self.irqfd.write(1)
     }
 
+    /// Raises the used-ring interrupt for `queue`, which just got used entries, unless the
+    /// driver asked for none ([`driver_wants_interrupt`]). Every device signals its used rings
+    /// through here.
+    pub fn signal_used(
+        &self,
+        queue: &mut virtio_queue::Queue,
+        mem: &GuestMemory,
+    ) -> io::Result<()> {
+        if driver_wants_interrupt(queue, mem) {
+            self.trigger(IrqKind::Vring)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Signals the irqfd again when InterruptStatus is still set `older_than` after the last
     /// signal: the guest has not acknowledged it. Seen under nested virtualization: an edge was
     /// lost, the status stayed set and the guest waited forever for a completion it had been

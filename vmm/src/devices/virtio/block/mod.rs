@@ -14,8 +14,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::request::{Disk, ID_BYTES, SECTOR_SIZE};
 use super::{
-    ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VirtioDevice, driver_wants_interrupt, read_config_bytes,
+    ActivateArgs, ActivateError, GuestMemory, IrqTrigger, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    VirtioDevice, read_config_bytes,
 };
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -125,11 +125,10 @@ impl Block {
         if served.broken {
             self.broken = true;
         }
-        if served.used > 0 {
-            let notify = driver_wants_interrupt(&mut a.queue, &a.mem);
-            if notify && let Err(e) = a.irq.trigger(IrqKind::Vring) {
-                tracing::warn!(error = %e, "block interrupt failed");
-            }
+        if served.used > 0
+            && let Err(e) = a.irq.signal_used(&mut a.queue, &a.mem)
+        {
+            tracing::warn!(error = %e, "block interrupt failed");
         }
     }
 

@@ -24,8 +24,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use self::frame::{MAX_FRAME_LEN, VNET_HDR_LEN};
 use self::tap::Tap;
 use super::{
-    ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_NET, VIRTIO_F_VERSION_1,
-    VirtioDevice, driver_wants_interrupt, read_config_bytes,
+    ActivateArgs, ActivateError, GuestMemory, IrqTrigger, TYPE_NET, VIRTIO_F_VERSION_1,
+    VirtioDevice, read_config_bytes,
 };
 
 /// VIRTIO_NET_F_MAC: the config space holds the MAC address.
@@ -217,12 +217,7 @@ impl Net {
 
     /// Raises the used-ring interrupt for `queue` unless the driver suppressed it.
     fn interrupt(a: &mut Active, queue: usize) {
-        if let Some(q) = a.queues.get_mut(queue)
-            && !driver_wants_interrupt(q, &a.mem)
-        {
-            return;
-        }
-        if let Err(e) = a.irq.trigger(IrqKind::Vring) {
+        if let Err(e) = a.irq.signal_used(&mut a.queues[queue], &a.mem) {
             tracing::warn!(error = %e, "net: interrupt failed");
         }
     }

@@ -14,8 +14,8 @@ use super::muxer::Muxer;
 use super::shared::BackendShared;
 use super::{VsockError, packet::HOST_CID};
 use crate::devices::virtio::{
-    ActivateArgs, ActivateError, GuestMemory, IrqKind, IrqTrigger, TYPE_VSOCK, VIRTIO_F_VERSION_1,
-    VirtioDevice, driver_wants_interrupt,
+    ActivateArgs, ActivateError, GuestMemory, IrqTrigger, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    VirtioDevice,
 };
 /// Queue indices.
 pub const RX_QUEUE: usize = 0;
@@ -125,13 +125,10 @@ impl Vsock {
     /// unacknowledged is raised again by the event loop
     /// ([`IrqTrigger::repeat_if_unacknowledged`]), for every virtio device.
     fn signal_interrupt(active: &mut Active, queue: usize) {
-        let Some(q) = active.queues.get_mut(queue) else {
-            return;
-        };
-        if !driver_wants_interrupt(q, &active.mem) {
-            return;
-        }
-        if let Err(e) = active.irq.trigger(IrqKind::Vring) {
+        if let Err(e) = active
+            .irq
+            .signal_used(&mut active.queues[queue], &active.mem)
+        {
             tracing::warn!(error = %e, "vsock: failed to signal the used-ring interrupt");
         }
     }
