@@ -8,6 +8,7 @@ use common::eventually;
 use hearth_agent::client::connect;
 use hearth_agent::proto::{ExecSpec, ExitStatus};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -128,6 +129,17 @@ async fn agent_as_pid1_with_overlay_root_mounts_reaps_and_shuts_down() {
     );
 }
 
+/// Where the PID-1 test's socket directory goes: the target's temporary directory unless the
+/// agent's own mounts as PID 1 (`init::standard_mounts`: /proc, /sys, /dev, /tmp, /run) cover
+/// it, else /var/tmp.
+fn socket_base() -> &'static str {
+    let target = env!("CARGO_TARGET_TMPDIR");
+    let covered = ["/proc", "/sys", "/dev", "/tmp", "/run"]
+        .iter()
+        .any(|m| Path::new(target).starts_with(m));
+    if covered { "/var/tmp" } else { target }
+}
+
 #[tokio::test]
 async fn agent_as_pid1_configures_loopback_and_eth0() {
     // SAFETY: geteuid has no preconditions.
@@ -146,10 +158,9 @@ async fn agent_as_pid1_configures_loopback_and_eth0() {
     // A private network namespace holding a veth pair "eth0"/"veth1"; `sh` creates it and
     // then execs the agent, which thereby becomes PID 1. No packets leave the
     // namespace. The socket lives on the filesystem (abstract sockets are per
-    // network namespace), so no overlay root here.
-    let dir = tempfile::Builder::new()
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    // network namespace), so no overlay root here, and not under a directory the agent mounts
+    // over as PID 1 (/tmp, /run, ...): a checkout in `mktemp -d` would hide it from the agent.
+    let dir = tempfile::Builder::new().tempdir_in(socket_base()).unwrap();
     let socket = dir.path().join("agent.sock");
     let mut ns = Command::new("unshare")
         .args([
