@@ -12,7 +12,8 @@
 # HEARTH_SVM_KVM_AMD_PARAMS: the outer kvm_amd's module parameters (default "vgif=0 npt=0", see
 # below). HEARTH_SVM_OUTER_QEMU: the QEMU binary (command) that runs the outer machine.
 # HEARTH_SVM_KERNEL_ARGS: extra parameters for the outer kernel (e.g. init_on_free=1, see
-# harness/run-benches.sh).
+# harness/run-benches.sh). HEARTH_SVM_HOLD_VM=0: no idle VM held open in the outer machine
+# (kvm-hold.c says why there is one).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -73,6 +74,22 @@ busybox_bin="$(command -v busybox)"
 is_static "$busybox_bin" || fail "$busybox_bin is dynamically linked; install busybox-static"
 
 outer="$("$here/outer-kernel.sh")" || fail "could not build the outer kernel (see above)"
+
+# kvm-hold (kvm-hold.c): one idle KVM VM held open in the outer machine, so that guests coming
+# and going never make the outer kernel rewrite its own code (README, "Frozen outer machines").
+# Built once per source, static, into the cache. HEARTH_SVM_HOLD_VM=0 leaves it out.
+hold_vm="${HEARTH_SVM_HOLD_VM:-1}"
+if [ "$hold_vm" = 1 ]; then
+    hold_dir="$HEARTH_CACHE/harness/kvm-hold-$(hash_inputs "$here/kvm-hold.c")"
+    if [ ! -x "$hold_dir/kvm-hold" ]; then
+        command -v gcc >/dev/null && [ -e /usr/include/linux/kvm.h ] || ensure_pkgs gcc libc6-dev linux-libc-dev
+        mkdir -p "$HEARTH_CACHE/harness"
+        hold_tmp="$(mktemp -d "$HEARTH_CACHE/harness/.tmp-kvm-hold-XXXXXX")"
+        gcc -O2 -static -Wall -Werror -o "$hold_tmp/kvm-hold" "$here/kvm-hold.c" \
+            || { rm -rf "$hold_tmp"; fail "could not build harness/kvm-hold.c"; }
+        publish_cache "$hold_tmp" "$hold_dir"
+    fi
+fi
 
 stage="$(mktemp -d "${TMPDIR:-/tmp}/hearth-svm-XXXXXX")"
 # Stops the outer machine if it still runs (QEMU's pidfile; checked to be QEMU), then removes
@@ -135,6 +152,7 @@ if [ "$want_qemu" = 1 ]; then
     done
 fi
 cp "$busybox_bin" "$root/harness/bin/busybox"
+[ "$hold_vm" != 1 ] || cp "$hold_dir/kvm-hold" "$root/harness/bin/kvm-hold"
 # Scripts with #!/bin/sh work even when no shell was passed in.
 [ -e "$root/bin/sh" ] || ln -s /harness/bin/busybox "$root/bin/sh"
 cp "$outer/modules/"*.ko "$outer/modules/modules.list" "$root/harness/modules/"
@@ -183,10 +201,26 @@ done </harness/modules/modules.list
 for dev in kvm vhost-vsock; do
     [ -e /dev/\$dev ] || { echo "[svm-harness] ERROR: /dev/\$dev missing after loading modules (does -cpu max still offer SVM?)" >&2; report 125; }
 done
+if [ -x /harness/bin/kvm-hold ]; then
+    /harness/bin/kvm-hold </dev/null || { echo "[svm-harness] ERROR: kvm-hold could not hold a VM open" >&2; report 125; }
+fi
 /harness/bin/busybox sh /harness/cmd.sh </dev/null
 report \$?
 INIT
 chmod +x "$root/init"
+
+# name_outer_code STATE : prints outer-state.py's samples with the outer kernel's symbols. The
+# symbols come from a /proc/kallsyms of the outer kernel, read once (one more outer boot, ~15 s,
+# only after a freeze) and kept beside the outer kernel.
+name_outer_code() {
+    local syms="$outer/kallsyms"
+    if [ ! -s "$syms" ] && [ -z "${HEARTH_SVM_NO_SYMBOLS:-}" ]; then
+        HEARTH_SVM_NO_SYMBOLS=1 "$here/run-in-svm.sh" --timeout 300 -- "$(command -v cat)" /proc/kallsyms \
+            >"$syms.tmp" 2>/dev/null && grep -q ' T _stext$' "$syms.tmp" && mv "$syms.tmp" "$syms"
+        rm -f "$syms.tmp"
+    fi
+    if [ -s "$syms" ]; then python3 "$here/outer-state.py" name "$1" "$syms"; else cat "$1"; fi
+}
 
 start=$(date +%s.%N)
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$stage/initramfs.cpio" \
@@ -214,6 +248,11 @@ watch_heartbeat() {
         # Armed by the first beat (the outer kernel's boot comes before it).
         if [ "$size" -gt 0 ] && [ $((now - last_change)) -ge "$stall_s" ]; then
             echo "$((now - last_change))" >"$stage/stalled"
+            # Where the emulated CPUs are, before the machine goes (python3 is optional).
+            if command -v python3 >/dev/null && [ -S "$stage/monitor.sock" ]; then
+                timeout 60 python3 "$here/outer-state.py" sample "$stage/monitor.sock" \
+                    >"$stage/outer-state.txt" 2>&1 || true
+            fi
             [ -s "$stage/qemu.pid" ] && kill "$(cat "$stage/qemu.pid")" 2>/dev/null || true
             return
         fi
@@ -227,7 +266,7 @@ set +e
         -M microvm,accel=tcg,pit=on,rtc=on -cpu max -smp "$smp" -m "$mem" \
         -nodefaults -no-user-config -display none -serial stdio -no-reboot \
         -chardev "file,id=heartbeat,path=$heartbeat" -device isa-serial,chardev=heartbeat,index=1 \
-        -pidfile "$stage/qemu.pid" \
+        -pidfile "$stage/qemu.pid" -monitor "unix:$stage/monitor.sock,server=on,wait=off" \
         -kernel "$outer/vmlinux" -initrd "$stage/initramfs.cpio" \
         -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz=2600000 softlockup_panic=1 watchdog_thresh=30 rdinit=/init ${HEARTH_SVM_KERNEL_ARGS:-}" \
         </dev/null 2>"$stage/qemu.err" | tee "$serial" | grep -a --line-buffered -v "^HEARTH_HARNESS_${nonce}_EXIT="
@@ -243,6 +282,10 @@ kill "$watchdog_pid" 2>/dev/null; wait "$watchdog_pid" 2>/dev/null
 set -e
 if [ -e "$stage/stalled" ]; then
     tail -c 2000 "$serial" >&2
+    if [ -s "$stage/outer-state.txt" ]; then
+        echo "[svm-harness] the emulated CPUs when the machine was found frozen:" >&2
+        name_outer_code "$stage/outer-state.txt" >&2
+    fi
     echo "[svm-harness] ERROR: the outer machine made no progress for $(cat "$stage/stalled") s (no heartbeat: the emulated machine froze, an infrastructure failure); killed" >&2
     exit 124
 fi
