@@ -94,22 +94,48 @@ fn ms_since_kernel_boot() -> f64 {
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
-fn main() -> ExitCode {
-    let started_ms = ms_since_kernel_boot();
-    let pid1 = std::process::id() == 1;
+/// Logs to stderr. Without `HEARTH_AGENT_LOG` a plain level filter: an `EnvFilter` compiles its
+/// directives (regular expressions among them) on every start, ~10 ms of a guest's boot under
+/// nested emulation.
+fn init_logging(pid1: bool) {
     // As PID 1 the log goes to the VM's serial console, where every byte is a VM exit (about
     // 0.25-0.5 ms each under nested emulation): only warnings and errors by default, the host
     // learns readiness from the ready signal and keeps its own timings. HEARTH_AGENT_LOG (on
     // the kernel command line) turns the rest back on.
-    let default_level = if pid1 { "warn" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEARTH_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match std::env::var("HEARTH_AGENT_LOG") {
+        Ok(directives) => fmt
+            .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
+            .init(),
+        Err(_) => fmt
+            .with_max_level(if pid1 {
+                tracing::Level::WARN
+            } else {
+                tracing::Level::INFO
+            })
+            .init(),
+    }
+}
+
+/// The agent's async runtime: one thread on a one-vCPU guest, where more workers only add
+/// thread start-up to the boot and cross-thread wake-ups to every request; two workers otherwise.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    }
+}
+
+fn main() -> ExitCode {
+    let started_ms = ms_since_kernel_boot();
+    let pid1 = std::process::id() == 1;
+    init_logging(pid1);
     let listen = match parse_args() {
         Ok(l) => l,
         Err(msg) => {
@@ -130,11 +156,7 @@ fn main() -> ExitCode {
     } else {
         ShutdownMode::Exit
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
