@@ -98,7 +98,9 @@ trap 'rm -rf "$logdir"' EXIT
 # binary's runs on 2026-12-02/03, so three attempts were not enough to keep CI reliable. Four
 # passed only in their last attempt twice, after three freezes in a row (2026-12-04, and
 # 2026-12-05 in twenty_boots_in_a_row_leak_nothing each time). Six: a resumed retry (below)
-# reruns only the unfinished tests, a few minutes each here, well inside CI's time.
+# reruns only the unfinished tests, a few minutes each here, well inside CI's time. Those
+# freezes were the outer kernel rewriting its own code as its last VM went, which run-in-svm.sh
+# now prevents (kvm-hold.c); the retries stay for the outer machine's other failures.
 max_attempts="${HEARTH_VM_TEST_ATTEMPTS:-6}"
 # A retry resumes the binary: the tests that passed before the outer machine failed are skipped
 # (`--exact --skip NAME`), so each attempt has less to do. Only without test filters among the

@@ -94,9 +94,9 @@ fn ms_since_kernel_boot() -> f64 {
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
-/// Logs to stderr. Without `HEARTH_AGENT_LOG` a plain level filter: an `EnvFilter` compiles its
-/// directives (regular expressions among them) on every start, ~10 ms of a guest's boot under
-/// nested emulation.
+/// Logs to stderr. Without `HEARTH_AGENT_LOG` a plain level filter: `EnvFilter`'s directive
+/// parser compiles its regular expressions on first use, ~10 ms of a guest's boot under nested
+/// emulation.
 fn init_logging(pid1: bool) {
     // As PID 1 the log goes to the VM's serial console, where every byte is a VM exit (about
     // 0.25-0.5 ms each under nested emulation): only warnings and errors by default, the host
