@@ -88,6 +88,7 @@ if [ "$hold_vm" = 1 ]; then
         gcc -O2 -static -Wall -Werror -o "$hold_tmp/kvm-hold" "$here/kvm-hold.c" \
             || { rm -rf "$hold_tmp"; fail "could not build harness/kvm-hold.c"; }
         publish_cache "$hold_tmp" "$hold_dir"
+        prune_cache "$HEARTH_CACHE/harness" "kvm-hold-" 2
     fi
 fi
 

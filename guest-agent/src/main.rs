@@ -105,11 +105,13 @@ fn init_logging(pid1: bool) {
     let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false);
-    match std::env::var("HEARTH_AGENT_LOG") {
-        Ok(directives) => fmt
-            .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
-            .init(),
-        Err(_) => fmt
+    // As before: directives that do not parse fall back to the default level.
+    let directives = std::env::var("HEARTH_AGENT_LOG")
+        .ok()
+        .and_then(|d| tracing_subscriber::EnvFilter::try_new(d).ok());
+    match directives {
+        Some(filter) => fmt.with_env_filter(filter).init(),
+        None => fmt
             .with_max_level(if pid1 {
                 tracing::Level::WARN
             } else {
