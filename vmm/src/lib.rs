@@ -18,6 +18,7 @@ mod builder;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
+pub mod file_map;
 pub mod seccomp;
 pub mod timings;
 pub mod vstate;

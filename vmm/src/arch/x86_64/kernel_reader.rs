@@ -1,13 +1,17 @@
-//! The kernel image as linux-loader reads it: a file position over `pread`, which fills a large
-//! guest-memory range (a `PT_LOAD` segment of the vmlinux: 9 MB of text and rodata for the guest
-//! kernel here) with several threads at once instead of one `read(2)`.
+//! The kernel image as linux-loader reads it: a file position whose large reads (a `PT_LOAD`
+//! segment of the vmlinux: 12.6 MB of text, rodata and data for the guest kernel here) fill
+//! guest memory with several threads at once, copying from a read-only mapping of the file.
 //!
 //! Loading the kernel is the one part of a boot that the VMM does on the host CPU: the copy from
-//! the page cache plus the first touch (zeroing) of every guest page it lands in. Under the
-//! emulated-SVM harness that phase took 150 ms to 1.4 s of a ~2 s boot (BENCHMARKS.md); with two
-//! threads on the harness's two CPUs its median went from 232 to 170 ms in an A/B of 6 boots
-//! each (the outliers of ~0.8-0.9 s, which follow the outer machine's memory state, stay). Small
-//! reads (headers, notes) stay one `pread` on the calling thread.
+//! the page cache plus the first touch (zeroing) of every guest page it lands in.
+//! - Threads: under the emulated-SVM harness the load took 150 ms to 1.4 s of a ~2 s boot
+//!   (BENCHMARKS.md); with two threads on the harness's two CPUs its median went from 232 to
+//!   170 ms in an A/B of 6 boots each.
+//! - The copy: from a read-only mapping of the file, eight bytes per load and store, not through
+//!   `pread` (see [`crate::file_map`] for why). Reads the file cannot be mapped for fall back
+//!   to `pread`.
+//!
+//! Small reads (headers, notes) stay one `pread` on the calling thread.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -16,6 +20,8 @@ use std::os::unix::io::AsRawFd;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice};
+
+use crate::file_map::{FileMap, copy_words};
 
 /// Reads below this size are not split.
 pub const PARALLEL_MIN: usize = 2 << 20;
@@ -103,51 +109,80 @@ unsafe fn pread_full(fd: i32, dst: *mut u8, len: usize, off: u64) -> std::io::Re
     Ok(done)
 }
 
+/// Runs `fill(start, n)` for the consecutive `chunk`-sized pieces of `0..len`, each on a thread
+/// of its own when there is more than one; returns each piece's wanted length and result, in
+/// order.
+fn fill_in_pieces<F>(len: usize, chunk: usize, fill: F) -> Vec<(usize, std::io::Result<usize>)>
+where
+    F: Fn(usize, usize) -> std::io::Result<usize> + Sync,
+{
+    let piece = |start: usize| {
+        let n = chunk.min(len - start);
+        (n, fill(start, n))
+    };
+    if chunk >= len {
+        return vec![piece(0)];
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..len)
+            .step_by(chunk)
+            .map(|start| s.spawn(move || piece(start)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        0,
+                        Err(std::io::Error::other("kernel reader thread panicked")),
+                    )
+                })
+            })
+            .collect()
+    })
+}
+
 impl ReadVolatile for KernelReader<'_> {
     fn read_volatile<B: BitmapSlice>(
         &mut self,
         buf: &mut VolatileSlice<B>,
     ) -> Result<usize, VolatileMemoryError> {
-        let len = buf.len();
-        let threads = if len >= PARALLEL_MIN { self.threads } else { 1 };
+        let large = buf.len() >= PARALLEL_MIN;
+        let threads = if large { self.threads } else { 1 };
+        let window = if large {
+            FileMap::new(self.file, self.pos, buf.len()).unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "kernel image not mappable; reading it with pread");
+                None
+            })
+        } else {
+            None
+        };
+        // With a window, only what the file has from here is copied (a short read at its end).
+        let len = window.as_ref().map_or(buf.len(), FileMap::len);
         // Whole pages per thread, so no two threads fault in the same page.
-        let chunk = len.div_ceil(threads).next_multiple_of(4096);
+        let chunk = len.div_ceil(threads).next_multiple_of(4096).max(4096);
         let fd = self.file.as_raw_fd();
         let guard = buf.ptr_guard_mut();
-        // A plain address, so that the scoped threads may carry it (raw pointers are not Send).
+        // Plain addresses, so that the scoped threads may carry them (raw pointers are not Send).
         let base = guard.as_ptr() as usize;
+        let src = window.as_ref().map(|w| w.as_ptr() as usize);
         let pos = self.pos;
-        let read_chunk = |start: usize| {
-            let n = chunk.min(len - start);
+        let results = fill_in_pieces(len, chunk, |start, n| match src {
             // SAFETY: `buf` (borrowed mutably for this whole call, so its guest memory stays
-            // mapped) is valid for writes of `len` bytes from `base`, and every thread is joined
-            // before this function returns; the chunks [start, start + n) are disjoint, so each
-            // byte has exactly one writer.
-            let r = unsafe { pread_full(fd, (base + start) as *mut u8, n, pos + start as u64) };
-            (n, r)
-        };
-        let results: Vec<(usize, std::io::Result<usize>)> = if threads == 1 {
-            vec![read_chunk(0)]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..len)
-                    .step_by(chunk)
-                    .map(|start| s.spawn(move || read_chunk(start)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            (
-                                0,
-                                Err(std::io::Error::other("kernel reader thread panicked")),
-                            )
-                        })
-                    })
-                    .collect()
-            })
-        };
-        // What arrived as one run from the start counts; a short or failed chunk ends it (the
+            // mapped) is valid for writes of `len` bytes from `base`, and `window` (alive until
+            // this function returns, after every piece is joined) for reads of `len` bytes from
+            // `src`; the pieces [start, start + n) are disjoint, so each byte has one writer.
+            // The mapping is of the operator's kernel file, opened read-only: were it truncated
+            // under the copy, the read would raise SIGBUS, as any reader of a mapped file would.
+            Some(src) => unsafe {
+                copy_words((base + start) as *mut u8, (src + start) as *const u8, n);
+                Ok(n)
+            },
+            // SAFETY: as above for `buf`; `pread_full` writes only inside [start, start + n).
+            None => unsafe { pread_full(fd, (base + start) as *mut u8, n, pos + start as u64) },
+        });
+        drop(window);
+        // What arrived as one run from the start counts; a short or failed piece ends it (the
         // caller reads again from there, as after any short read).
         let mut total = 0;
         for (wanted, got) in results {

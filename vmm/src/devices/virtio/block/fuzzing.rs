@@ -22,6 +22,11 @@ const USED: u64 = 0x1400;
 
 /// A memfd-backed disk of `sectors` sectors (no files left behind, no disk I/O).
 fn memory_disk(sectors: u64, read_only: bool) -> Option<Disk> {
+    memory_disk_with(sectors, read_only, &[])
+}
+
+/// As [`memory_disk`], its first bytes `contents`.
+fn memory_disk_with(sectors: u64, read_only: bool, contents: &[u8]) -> Option<Disk> {
     // SAFETY: the name is a valid NUL-terminated string; the flags are valid.
     let fd = unsafe { libc::memfd_create(c"hearth-fuzz-disk".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -30,14 +35,10 @@ fn memory_disk(sectors: u64, read_only: bool) -> Option<Disk> {
     // SAFETY: `fd` is a fresh descriptor owned by nobody else; `File` takes ownership.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(sectors * SECTOR_SIZE).ok()?;
+    std::os::unix::fs::FileExt::write_all_at(&file, contents, 0).ok()?;
     let mut id = [0u8; ID_BYTES];
     id[..10].copy_from_slice(b"hearth-fuz");
-    Some(Disk {
-        file,
-        read_only,
-        sectors,
-        id,
-    })
+    Some(Disk::new(file, read_only, sectors, id))
 }
 
 /// Feeds one fuzz input through the block device's queue handling. Must never panic.
@@ -142,6 +143,7 @@ pub fn seed_requests() -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::request::{self, Request, RequestKind};
     use super::*;
     use virtio_queue::{Queue, QueueT};
 
@@ -188,5 +190,38 @@ mod tests {
         assert_eq!(&id, b"hearth-fuz");
         let status: [u8; 5] = mem.read_obj(GuestAddress(0x1f00)).unwrap();
         assert_eq!(status, [0, 0, 0, 0, 2]);
+    }
+
+    #[test]
+    fn a_read_only_disk_is_read_from_its_mapping() {
+        let seed = seed_requests();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        mem.write_slice(&seed[4..], GuestAddress(0)).unwrap();
+        let mut q = Queue::new(256).unwrap();
+        q.try_set_size(32).unwrap();
+        q.try_set_desc_table_address(GuestAddress(DESC)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+        q.set_ready(true);
+        let contents: Vec<u8> = (0..64 * SECTOR_SIZE as usize)
+            .map(|i| (i * 13) as u8)
+            .collect();
+        let mut disk = memory_disk_with(64, true, &contents).unwrap();
+        assert!(disk.map.is_some(), "a read-only disk is mapped");
+        assert_eq!(serve_queue(&mut q, &mem, &mut disk).used, 6);
+        // The IN request reads 1 KiB from sector 2; OUT was refused, so it is the disk's own.
+        let mut back = [0u8; 0x400];
+        mem.read_slice(&mut back, GuestAddress(0x2400)).unwrap();
+        assert!(back[..] == contents[1024..2048], "read bytes differ");
+        let status: [u8; 5] = mem.read_obj(GuestAddress(0x1f00)).unwrap();
+        assert_eq!(status, [1, 0, 0, 0, 2]);
+        // A read past the end of the disk fails as before, without touching guest memory.
+        let request = Request {
+            kind: RequestKind::In,
+            sector: 63,
+            data: vec![(GuestAddress(0x2400), 1024)],
+            status: GuestAddress(0x1f00),
+        };
+        assert_eq!(request::execute(&request, &mut disk, &mem), (1, 0));
     }
 }

@@ -94,12 +94,7 @@ impl Block {
         let n = id.len().min(ID_BYTES);
         idb[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Self {
-            disk: Disk {
-                file,
-                read_only,
-                sectors,
-                id: idb,
-            },
+            disk: Disk::new(file, read_only, sectors, idb),
             config: config_space(sectors),
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?,
             pending: None,
