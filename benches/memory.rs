@@ -9,7 +9,10 @@
 //! QEMU, for comparison: the QEMU process's resident memory outside its guest RAM mapping
 //! (the largest mapping, >= the guest size), for one VM. Both in RSS and PSS (PSS splits shared
 //! library pages among the processes that map them). Kernel-side memory (KVM's page tables,
-//! vhost threads) is counted for neither.
+//! vhost threads) is counted for neither. Neither is the root filesystem's page cache: hearth
+//! reads a read-only disk from a shared mapping of its image (`hearth_vmm::file_map`), whose
+//! resident pages are the file's page cache, there whichever way a VMM reads it (QEMU's `preadv`
+//! fills the same pages without mapping them); its resident size is printed on its own.
 //!
 //! `cargo bench --bench memory` (see `harness/run-benches.sh`).
 
@@ -17,8 +20,9 @@ mod support;
 
 use support::{MEMORY_MIB, Which, boot, guest_cid, median, report, require, runtime};
 
-/// (rss_kib, pss_kib) summed over the mappings of `smaps` that `keep(start, end)` accepts.
-fn smaps_sum(pid: &str, keep: impl Fn(u64, u64) -> bool) -> (u64, u64) {
+/// (rss_kib, pss_kib) summed over the mappings of `smaps` that `keep(start, end, path)` accepts
+/// (`path`: the mapped file, empty for anonymous memory).
+fn smaps_sum(pid: &str, keep: impl Fn(u64, u64, &str) -> bool) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/smaps: {e}"));
     let (mut rss, mut pss) = (0, 0);
@@ -29,7 +33,8 @@ fn smaps_sum(pid: &str, keep: impl Fn(u64, u64) -> bool) -> (u64, u64) {
         if let Some((a, b)) = first.split_once('-')
             && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
         {
-            counted = keep(a, b);
+            let path = words.nth(4).unwrap_or("");
+            counted = keep(a, b, path);
             continue;
         }
         if !counted {
@@ -52,6 +57,15 @@ fn outside(ranges: &[(u64, u64)]) -> impl Fn(u64, u64) -> bool + '_ {
     move |a, b| !ranges.iter().any(|&(s, len)| a < s + len && s < b)
 }
 
+/// The root filesystem image's path as it appears in smaps.
+fn rootfs_path() -> String {
+    let path = std::env::var_os("HEARTH_ROOTFS").unwrap_or_default();
+    std::fs::canonicalize(&path)
+        .unwrap_or_else(|_| path.into())
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let vms: usize = std::env::var("HEARTH_BENCH_VMS")
@@ -63,16 +77,22 @@ fn main() {
     let rt = runtime();
     let mut guests = Vec::new();
     let mut ram_ranges = Vec::new();
-    let (mut base_rss, mut base_pss) = smaps_sum("self", |_, _| true);
+    let rootfs = rootfs_path();
+    let overhead = |ram: &[(u64, u64)]| {
+        let outside_ram = outside(ram);
+        smaps_sum("self", |a, b, path| outside_ram(a, b) && path != rootfs)
+    };
+    let (mut base_rss, mut base_pss) = overhead(&ram_ranges);
     let (mut rss_inc, mut pss_inc) = (Vec::new(), Vec::new());
     for i in 0..vms {
         let guest = rt.block_on(boot(Which::Hearth, guest_cid(100 + i as u32)));
         let vm = guest.hearth_vm().expect("hearth guest");
         ram_ranges.extend(vm.guest_ram_host_ranges());
-        let (guest_rss, _) = smaps_sum("self", |a, b| !outside(&ram_ranges)(a, b));
-        let (rss, pss) = smaps_sum("self", outside(&ram_ranges));
+        let (guest_rss, _) = smaps_sum("self", |a, b, _| !outside(&ram_ranges)(a, b));
+        let (disk_rss, _) = smaps_sum("self", |_, _, path| path == rootfs);
+        let (rss, pss) = overhead(&ram_ranges);
         println!(
-            "hearth VM {}: process RSS outside guest RAM {rss} KiB (+{} KiB), PSS {pss} KiB (+{} KiB); guest RAM resident (all VMs) {guest_rss} KiB",
+            "hearth VM {}: process RSS outside guest RAM and the rootfs mappings {rss} KiB (+{} KiB), PSS {pss} KiB (+{} KiB); guest RAM resident (all VMs) {guest_rss} KiB; rootfs page cache mapped (all VMs) {disk_rss} KiB",
             i + 1,
             rss as i64 - base_rss as i64,
             pss as i64 - base_pss as i64
@@ -97,8 +117,8 @@ fn main() {
             ram.1 - ram.0 >= MEMORY_MIB << 20,
             "no QEMU mapping as large as guest RAM in /proc/{pid}/smaps"
         );
-        let (rss, pss) = smaps_sum(&pid, |a, b| (a, b) != ram);
-        let (total_rss, _) = smaps_sum(&pid, |_, _| true);
+        let (rss, pss) = smaps_sum(&pid, |a, b, _| (a, b) != ram);
+        let (total_rss, _) = smaps_sum(&pid, |_, _, _| true);
         println!(
             "qemu: process RSS {total_rss} KiB, outside guest RAM {rss} KiB, PSS outside guest RAM {pss} KiB"
         );
