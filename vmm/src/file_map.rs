@@ -199,20 +199,22 @@ pub unsafe fn copy_words(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
+/// Test helpers for code that reads files (here and the kernel reader).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use vm_memory::{Bytes, GuestMemoryMmap};
+pub(crate) mod test_files {
+    use std::fs::File;
 
-    fn pattern(len: usize) -> Vec<u8> {
+    /// `len` bytes of a pattern that differs from page to page.
+    pub fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
     }
 
     /// An unlinked temporary file holding `bytes`.
-    fn file_with(bytes: &[u8]) -> File {
+    pub fn file_with(bytes: &[u8]) -> File {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("hearth-file-map-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("hearth-test-file-{}-{n}", std::process::id()));
         let mut f = File::options()
             .read(true)
             .write(true)
@@ -223,6 +225,13 @@ mod tests {
         std::io::Write::write_all(&mut f, bytes).unwrap();
         f
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_files::{file_with, pattern};
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryMmap};
 
     #[test]
     fn the_word_copy_handles_every_alignment_and_length() {

@@ -206,28 +206,8 @@ impl ReadVolatile for KernelReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file_map::test_files::{file_with, pattern};
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-    /// An unlinked temporary file holding `bytes`.
-    fn file_with(bytes: &[u8]) -> File {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("hearth-kernel-reader-{}-{n}", std::process::id()));
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        std::io::Write::write_all(&mut f, bytes).unwrap();
-        f
-    }
-
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
-    }
 
     #[test]
     fn a_large_read_with_threads_lands_every_byte_in_place() {

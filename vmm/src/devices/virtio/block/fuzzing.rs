@@ -168,10 +168,8 @@ mod tests {
         assert_eq!(fuzz_block_queue(&ro).used, 6);
     }
 
-    #[test]
-    fn seed_round_trips_data_through_the_disk() {
-        // Drive the seed by hand to check the IN request read back what OUT wrote.
-        let seed = seed_requests();
+    /// Guest memory holding the seed's image, and its queue set up by hand.
+    fn seeded_memory_and_queue(seed: &[u8]) -> (GuestMemoryMmap<()>, Queue) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         mem.write_slice(&seed[4..], GuestAddress(0)).unwrap();
         let mut q = Queue::new(256).unwrap();
@@ -180,6 +178,14 @@ mod tests {
         q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
         q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
         q.set_ready(true);
+        (mem, q)
+    }
+
+    #[test]
+    fn seed_round_trips_data_through_the_disk() {
+        // Drive the seed by hand to check the IN request read back what OUT wrote.
+        let seed = seed_requests();
+        let (mem, mut q) = seeded_memory_and_queue(&seed);
         let mut disk = memory_disk(64, false).unwrap();
         assert_eq!(serve_queue(&mut q, &mem, &mut disk).used, 6);
         let mut back = [0u8; 0x400];
@@ -195,14 +201,7 @@ mod tests {
     #[test]
     fn a_read_only_disk_is_read_from_its_mapping() {
         let seed = seed_requests();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        mem.write_slice(&seed[4..], GuestAddress(0)).unwrap();
-        let mut q = Queue::new(256).unwrap();
-        q.try_set_size(32).unwrap();
-        q.try_set_desc_table_address(GuestAddress(DESC)).unwrap();
-        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
-        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-        q.set_ready(true);
+        let (mem, mut q) = seeded_memory_and_queue(&seed);
         let contents: Vec<u8> = (0..64 * SECTOR_SIZE as usize)
             .map(|i| (i * 13) as u8)
             .collect();
