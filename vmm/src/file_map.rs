@@ -108,9 +108,8 @@ impl FileMap {
 
     /// Maps all of `file`; `None` for an empty file.
     pub fn whole(file: &File) -> std::io::Result<Option<Self>> {
-        let size = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        Self::new(file, 0, size)
+        // `new` cuts the length at the file's end.
+        Self::new(file, 0, usize::MAX)
     }
 
     /// Bytes mapped.
