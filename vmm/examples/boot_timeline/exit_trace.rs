@@ -155,17 +155,23 @@ impl ExitSummary {
         out
     }
 
+    /// The guest functions the external-interrupt exits found the guest in: interrupts from the
+    /// host arrive independently of what the guest runs, so their sites are samples of where
+    /// the guest spends its own time (a statistical profile, one sample per host interrupt).
+    pub fn interrupt_samples(&self, symbols: Option<&KernelSymbols>) -> Vec<String> {
+        self.exits
+            .iter()
+            .filter(|(_, reason, _)| reason == "interrupt")
+            .map(|(_, _, rip)| function_of(symbols, *rip))
+            .collect()
+    }
+
     /// The boot as a timeline of exit sites, one line per run of consecutive exits in the same
     /// guest function: `first ms - last ms  exits  reasons  function`. Shows when the guest
     /// reached each stage of its boot (the exits are its only timestamps before its clock starts)
     /// and how long the stretches without exits took.
     pub fn timeline(&self, symbols: Option<&KernelSymbols>) -> String {
-        let func = |rip: u64| {
-            symbols.and_then(|s| s.describe(rip)).map_or_else(
-                || format!("{rip:#x}"),
-                |d| d.split('+').next().unwrap_or("").to_string(),
-            )
-        };
+        let func = |rip: u64| function_of(symbols, rip);
         let mut out = String::new();
         let mut stretch: Option<Stretch> = None;
         for (t, reason, rip) in &self.exits {
@@ -197,6 +203,30 @@ impl ExitSummary {
         }
         out
     }
+}
+
+/// The name of the guest function at `rip`, or the address.
+fn function_of(symbols: Option<&KernelSymbols>, rip: u64) -> String {
+    symbols.and_then(|s| s.describe(rip)).map_or_else(
+        || format!("{rip:#x}"),
+        |d| d.split('+').next().unwrap_or("").to_string(),
+    )
+}
+
+/// `samples` counted by function, most first: `count percent function` lines, `top` of them.
+pub fn profile(samples: &[String], top: usize) -> String {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for f in samples {
+        *counts.entry(f.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let total = samples.len().max(1) as f64;
+    let mut out = format!("{} samples\n", samples.len());
+    for (f, n) in counts.into_iter().take(top) {
+        let _ = writeln!(out, "{n:6} {:5.1}%  {f}", n as f64 * 100.0 / total);
+    }
+    out
 }
 
 /// Consecutive exits in one guest function: one line of [`ExitSummary::timeline`].
@@ -295,6 +325,30 @@ mod tests {
                 "0xffffffff810354da"
             ]
         );
+    }
+
+    #[test]
+    fn profile_counts_interrupt_exits_by_function() {
+        let trace = format!(
+            "{TRACE}\
+    hearth-vcpu0-146     [001] d..1.    18.001500: kvm_entry: vcpu 0, rip 0xffffffff810354da
+    hearth-vcpu0-146     [001] .....    18.002000: kvm_exit: vcpu 0 reason interrupt rip 0x10 info1 0x0
+    hearth-vcpu0-146     [001] d..1.    18.002100: kvm_entry: vcpu 0, rip 0x10
+    hearth-vcpu0-146     [001] .....    18.003000: kvm_exit: vcpu 0 reason interrupt rip 0x10 info1 0x0
+    hearth-vcpu0-146     [001] d..1.    18.003100: kvm_entry: vcpu 0, rip 0x10
+    hearth-vcpu0-146     [001] .....    18.004000: kvm_exit: vcpu 0 reason interrupt rip 0x20 info1 0x0
+"
+        );
+        let samples = ExitSummary::parse(&trace).interrupt_samples(None);
+        assert_eq!(samples, ["0x10", "0x10", "0x20"]);
+        let p = profile(&samples, 1);
+        let lines: Vec<&str> = p.lines().collect();
+        assert_eq!(lines[0], "3 samples");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["2", "66.7%", "0x10"]
+        );
+        assert_eq!(lines.len(), 2, "{p}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! HEARTH_KERNEL=... HEARTH_ROOTFS=... cargo run -p hearth-vmm --example boot_timeline -- \
-//!     [--mem MIB] [--runs N] [--probe-zeroing] [--trace-exits] [--exit-timeline] [CMDLINE EXTRA...]
+//!     [--mem MIB] [--runs N] [--probe-zeroing] [--trace-exits] [--exit-timeline] [--profile]
+//!     [CMDLINE EXTRA...]
 //! ```
 //!
 //! With `HEARTH_AGENT_LOG=debug` among the extra parameters it prints the agent's side of each
@@ -18,6 +19,8 @@
 //! guest's own run time, and the guest addresses that exited most (`exit_trace.rs`).
 //! `--exit-timeline` (implies `--trace-exits`) also prints the boot as a timeline of the guest
 //! functions that exited: when the guest reached each stage, also before its clock started.
+//! `--profile` (implies `--trace-exits`) prints, after the last run, where the guest was at the
+//! exits for the host's interrupts of all runs: a sampling profile of the guest's own work.
 //!
 //! `--probe-zeroing` measures, before the first boot and twice after every boot, what putting
 //! the kernel's `PT_LOAD` segments into fresh memory mapped like guest RAM costs this process,
@@ -41,6 +44,8 @@ fn main() {
     let mut probe = false;
     let mut trace_exits = false;
     let mut timeline = false;
+    let mut profile = false;
+    let mut samples = Vec::new();
     let mut extra = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -52,6 +57,10 @@ fn main() {
             "--exit-timeline" => {
                 trace_exits = true;
                 timeline = true;
+            }
+            "--profile" => {
+                trace_exits = true;
+                profile = true;
             }
             _ => extra.push(a),
         }
@@ -83,6 +92,7 @@ fn main() {
                 for line in summary.report(symbols.as_ref(), 25).lines() {
                     println!("run {run}: {line}");
                 }
+                samples.extend(summary.interrupt_samples(symbols.as_ref()));
                 if timeline {
                     for line in summary.timeline(symbols.as_ref()).lines() {
                         println!("run {run}: timeline: {line}");
@@ -119,6 +129,12 @@ fn main() {
                 println!("run {run}: zeroing probe {i}: {}", zeroing_probe(&kernel));
             }
         }
+    }
+    if profile {
+        print!(
+            "--- guest profile (interrupt exits, all runs) ---\n{}",
+            exit_trace::profile(&samples, 60)
+        );
     }
     println!("--- console of the last run ---");
     print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
