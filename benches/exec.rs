@@ -30,9 +30,11 @@ fn exec_true(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let one = Instant::now();
-                    let out = rt
-                        .block_on(guest.client.exec_collect(ExecSpec::argv(["true"])))
-                        .expect("exec true");
+                    let out = guest.call(
+                        &rt,
+                        "exec true",
+                        guest.client.exec_collect(ExecSpec::argv(["true"])),
+                    );
                     assert_eq!(out.info.status, ExitStatus::Code(0));
                     samples.push(one.elapsed().as_secs_f64() * 1000.0);
                 }

@@ -41,20 +41,18 @@ fn throughput(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    guest.expect_ok(
+                    guest.call(
+                        &rt,
                         "put_files",
-                        rt.block_on(client.put_files(local.path(), "/tmp/bench-upload")),
+                        client.put_files(local.path(), "/tmp/bench-upload"),
                     );
                     let d = t.elapsed();
                     total += d;
                     up.push(BYTES as f64 / d.as_secs_f64() / f64::from(1 << 20));
-                    let out = guest.expect_ok(
+                    let out = guest.call(
+                        &rt,
                         "rm",
-                        rt.block_on(client.exec_collect(ExecSpec::argv([
-                            "rm",
-                            "-rf",
-                            "/tmp/bench-upload",
-                        ]))),
+                        client.exec_collect(ExecSpec::argv(["rm", "-rf", "/tmp/bench-upload"])),
                     );
                     assert_eq!(out.info.status, ExitStatus::Code(0));
                 }
@@ -68,14 +66,15 @@ fn throughput(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let out = guest.expect_ok(
+                    let out = guest.call(
+                        &rt,
                         "exec head",
-                        rt.block_on(client.exec_collect(ExecSpec::argv([
+                        client.exec_collect(ExecSpec::argv([
                             "head",
                             "-c",
                             &BYTES.to_string(),
                             "/dev/zero",
-                        ]))),
+                        ])),
                     );
                     let d = t.elapsed();
                     assert_eq!(out.info.status, ExitStatus::Code(0));

@@ -20,6 +20,10 @@ pub const AGENT_PORT: u32 = 1024;
 pub const MEMORY_MIB: u64 = 512;
 /// Longest a boot may take before the bench fails (the emulated harness is slow).
 pub const READY_LIMIT: Duration = Duration::from_secs(240);
+/// Longest one agent call of a bench sample may take ([`Guest::call`]): far above any sample
+/// (the slowest, 16 MiB over vsock in the emulated harness, takes about a second), so only a
+/// guest that stopped answering reaches it.
+pub const CALL_LIMIT: Duration = Duration::from_secs(180);
 /// Kernel parameters both VMMs get on top of their own defaults, so the guests do the same work:
 /// agent on a tmpfs overlay, agent port.
 pub const COMMON_CMDLINE: &str = "hearth.overlay=tmpfs hearth.port=1024";
@@ -106,7 +110,7 @@ impl Guest {
     /// The value of an agent call, or a panic naming `what` with the error and the guest's
     /// console tail (a guest that died in the emulated harness says why there: a kernel panic,
     /// a triple fault). Waits a moment first: the console lags behind the failure.
-    pub fn expect_ok<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> T {
+    fn expect_ok<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> T {
         r.unwrap_or_else(|e| {
             std::thread::sleep(Duration::from_secs(2));
             panic!(
@@ -114,6 +118,34 @@ impl Guest {
                 self.console_tail()
             )
         })
+    }
+
+    /// Runs one agent call on `rt` and returns its value; panics (as [`Self::expect_ok`]) when
+    /// it fails or when the guest has not answered within [`CALL_LIMIT`], so a guest that stops
+    /// answering ends the bench with its console instead of hanging it.
+    pub fn call<T, E: std::fmt::Display>(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> T {
+        match rt.block_on(tokio::time::timeout(CALL_LIMIT, call)) {
+            Ok(r) => self.expect_ok(what, r),
+            Err(_) => self.expect_ok(
+                what,
+                Err(format!(
+                    "no answer from the guest under {} in {CALL_LIMIT:?}",
+                    self.vmm_name()
+                )),
+            ),
+        }
+    }
+
+    fn vmm_name(&self) -> &'static str {
+        match &self.vmm {
+            Vmm::Hearth(_) => Which::Hearth.name(),
+            Vmm::Qemu(_) => Which::Qemu.name(),
+        }
     }
 
     /// Stops the guest.
