@@ -129,7 +129,8 @@ impl Guest {
         what: &str,
         call: impl std::future::Future<Output = Result<T, E>>,
     ) -> T {
-        match rt.block_on(tokio::time::timeout(CALL_LIMIT, call)) {
+        // The timer is made inside the runtime: tokio's timers need its context.
+        match rt.block_on(async { tokio::time::timeout(CALL_LIMIT, call).await }) {
             Ok(r) => self.expect_ok(what, r),
             Err(_) => self.expect_ok(
                 what,
