@@ -245,36 +245,6 @@ fn exec_streams_output_and_exits_with_the_command_code() {
     assert_eq!(out.status.code(), Some(3));
 }
 
-/// The `flags` line of a /proc/cpuinfo text, as words.
-fn cpu_flags(cpuinfo: &str) -> Vec<String> {
-    cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, f)| f.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-#[test]
-fn exec_guest_kernel_keeps_xsave_and_avx_of_the_host() {
-    // The guest kernel turns XSAVE (and with it AVX) off when the XSAVE sizes CPUID reports
-    // disagree with the XCR0 it set: it did in the emulated-SVM harness until hearth set the
-    // vCPUs' initial XCR0 (cpuid::initial_xcr0).
-    let host = cpu_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap());
-    let out = run(&["exec", "--", "cat", "/proc/cpuinfo"]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let guest = cpu_flags(&String::from_utf8_lossy(&out.stdout));
-    assert!(guest.iter().any(|f| f == "fpu"), "guest flags: {guest:?}");
-    for flag in ["xsave", "avx"] {
-        if host.iter().any(|f| f == flag) {
-            assert!(
-                guest.iter().any(|f| f == flag),
-                "the host has {flag}, the guest kernel does not: {guest:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn exec_network_gives_the_guest_eth0_its_address_route_and_resolver() {
     // hearth runs in a network namespace of its own, so its nftables table, the forwarding

@@ -96,9 +96,6 @@ pub fn create(
             regs::setup_msrs(&vcpu).map_err(r)?;
             regs::setup_regs(&vcpu, protocol, entry).map_err(r)?;
             regs::setup_fpu(&vcpu).map_err(r)?;
-            if let Some(xcr0) = cpuid::initial_xcr0(&cpuid) {
-                regs::setup_xcr0(&vcpu, xcr0).map_err(r)?;
-            }
             regs::setup_sregs(mem, &vcpu, protocol).map_err(r)?;
         }
         VcpuBoot::RealMode { ip } => {

@@ -1,5 +1,5 @@
 //! CPUID the guest sees: what KVM supports on this host, with per-vCPU topology fixed up and the
-//! hypervisor bit set; and the XCR0 a vCPU starts with, which follows from it.
+//! hypervisor bit set.
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
@@ -60,55 +60,6 @@ pub fn filter_for_vcpu(cpuid: &mut CpuId, cpu_id: u8, ncpus: u8) {
     }
 }
 
-const LEAF_EXT_FEATURES: u32 = 0x7;
-const LEAF_XSAVE: u32 = 0xd;
-const ECX_XSAVE: u32 = 1 << 26;
-const ECX_AVX: u32 = 1 << 28;
-const EBX_AVX512F: u32 = 1 << 16;
-const XFEATURE_X87: u64 = 1 << 0;
-const XFEATURE_SSE: u64 = 1 << 1;
-const XFEATURE_YMM: u64 = 1 << 2;
-/// AVX-512: opmask, ZMM_Hi256 and Hi16_ZMM, enabled together or not at all.
-const XFEATURE_AVX512: u64 = (1 << 5) | (1 << 6) | (1 << 7);
-
-fn entry(cpuid: &CpuId, function: u32, index: u32) -> Option<&kvm_bindings::kvm_cpuid_entry2> {
-    cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == function && e.index == index)
-}
-
-/// The XCR0 each vCPU starts with: the register state components every x86-64 Linux enables
-/// when `cpuid` advertises them (x87, SSE, AVX, AVX-512), `None` without XSAVE.
-///
-/// Architecturally XCR0 starts at 1 (x87) and the guest kernel writes its own value with
-/// XSETBV, which exits to KVM; the kernel then reads CPUID leaf 0xD for the size of its XSAVE
-/// area, which KVM computes from the XCR0 it knows. Starting from the value Linux writes changes
-/// nothing where XSETBV exits. It matters where it does not: QEMU's software SVM (the test
-/// harness, `harness/README.md`) runs a nested guest's XSETBV without the intercept, so KVM kept
-/// XCR0 = 1, loaded it again on every VM entry and reported an XSAVE size for x87 state alone;
-/// the guest kernel found the sizes inconsistent ("XSAVE consistency problem", a WARN) and
-/// turned XSAVE and AVX off. PKRU, AMX and later components depend on the guest kernel's
-/// configuration and stay the guest's own choice.
-pub fn initial_xcr0(cpuid: &CpuId) -> Option<u64> {
-    let features = entry(cpuid, LEAF_FEATURES, 0)?;
-    if features.ecx & ECX_XSAVE == 0 {
-        return None;
-    }
-    let leaf = entry(cpuid, LEAF_XSAVE, 0)?;
-    let supported = u64::from(leaf.eax) | (u64::from(leaf.edx) << 32);
-    let mut xcr0 = XFEATURE_X87 | (supported & XFEATURE_SSE);
-    let avx = features.ecx & ECX_AVX != 0 && supported & XFEATURE_YMM != 0;
-    if avx && xcr0 & XFEATURE_SSE != 0 {
-        xcr0 |= XFEATURE_YMM;
-        let avx512f = entry(cpuid, LEAF_EXT_FEATURES, 0).is_some_and(|e| e.ebx & EBX_AVX512F != 0);
-        if avx512f && supported & XFEATURE_AVX512 == XFEATURE_AVX512 {
-            xcr0 |= XFEATURE_AVX512;
-        }
-    }
-    Some(xcr0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,64 +100,5 @@ mod tests {
         enable_tsc_deadline(&mut c);
         assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(c.as_slice()[1].ecx, 0);
-    }
-
-    fn leaves(ecx1: u32, ebx7: u32, xsave: u64) -> CpuId {
-        let entries = [
-            kvm_cpuid_entry2 {
-                function: 1,
-                ecx: ecx1,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 7,
-                ebx: ebx7,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xd,
-                eax: xsave as u32,
-                edx: (xsave >> 32) as u32,
-                ..Default::default()
-            },
-            // Sub-leaf 1 of 0xD must not be taken for sub-leaf 0.
-            kvm_cpuid_entry2 {
-                function: 0xd,
-                index: 1,
-                eax: 0xffff_ffff,
-                ..Default::default()
-            },
-        ];
-        CpuId::from_entries(&entries).unwrap()
-    }
-
-    #[test]
-    fn initial_xcr0_is_what_linux_enables_of_the_advertised_state() {
-        let xsave_avx = ECX_XSAVE | ECX_AVX;
-        // No XSAVE: XCR0 is not set at all.
-        assert_eq!(initial_xcr0(&leaves(ECX_AVX, 0, 0x7)), None);
-        // The harness's CPU: x87, SSE, AVX and PKRU advertised; PKRU left to the guest.
-        assert_eq!(initial_xcr0(&leaves(xsave_avx, 0, 0x207)), Some(0x7));
-        // AVX state without the AVX feature bit (or the reverse): x87 and SSE only.
-        assert_eq!(initial_xcr0(&leaves(ECX_XSAVE, 0, 0x7)), Some(0x3));
-        assert_eq!(initial_xcr0(&leaves(xsave_avx, 0, 0x3)), Some(0x3));
-        // AVX-512 only with AVX512F and all three of its components.
-        assert_eq!(
-            initial_xcr0(&leaves(xsave_avx, EBX_AVX512F, 0x2e7)),
-            Some(0xe7)
-        );
-        assert_eq!(
-            initial_xcr0(&leaves(xsave_avx, EBX_AVX512F, 0x67)),
-            Some(0x7)
-        );
-        assert_eq!(initial_xcr0(&leaves(xsave_avx, 0, 0xe7)), Some(0x7));
-        // Without leaf 0xD: nothing to go by.
-        let no_leaf = CpuId::from_entries(&[kvm_cpuid_entry2 {
-            function: 1,
-            ecx: xsave_avx,
-            ..Default::default()
-        }])
-        .unwrap();
-        assert_eq!(initial_xcr0(&no_leaf), None);
     }
 }

@@ -1,9 +1,7 @@
 //! Initial vCPU state: GDT/IDT, segment and control registers, page tables, general registers,
-//! FPU, XCR0, MSRs and the local APIC's LINT pins.
+//! FPU, MSRs and the local APIC's LINT pins.
 
-use kvm_bindings::{
-    Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_xcr, kvm_xcrs,
-};
+use kvm_bindings::{Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -207,20 +205,6 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
         ..Default::default()
     };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
-}
-
-/// Sets XCR0 (see [`super::cpuid::initial_xcr0`] for the value and why).
-pub fn setup_xcr0(vcpu: &VcpuFd, xcr0: u64) -> Result<(), RegsError> {
-    let mut xcrs = kvm_xcrs {
-        nr_xcrs: 1,
-        ..Default::default()
-    };
-    xcrs.xcrs[0] = kvm_xcr {
-        xcr: 0,
-        value: xcr0,
-        ..Default::default()
-    };
-    vcpu.set_xcrs(&xcrs).map_err(kvm("KVM_SET_XCRS"))
 }
 
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
