@@ -171,11 +171,10 @@ impl ExitSummary {
     /// reached each stage of its boot (the exits are its only timestamps before its clock starts)
     /// and how long the stretches without exits took.
     pub fn timeline(&self, symbols: Option<&KernelSymbols>) -> String {
-        let func = |rip: u64| function_of(symbols, rip);
         let mut out = String::new();
         let mut stretch: Option<Stretch> = None;
         for (t, reason, rip) in &self.exits {
-            let function = func(*rip);
+            let function = function_of(symbols, *rip);
             match &mut stretch {
                 Some(st) if st.function == function => {
                     st.last = *t;

@@ -92,7 +92,9 @@ fn main() {
                 for line in summary.report(symbols.as_ref(), 25).lines() {
                     println!("run {run}: {line}");
                 }
-                samples.extend(summary.interrupt_samples(symbols.as_ref()));
+                if profile {
+                    samples.extend(summary.interrupt_samples(symbols.as_ref()));
+                }
                 if timeline {
                     for line in summary.timeline(symbols.as_ref()).lines() {
                         println!("run {run}: timeline: {line}");
