@@ -10,7 +10,8 @@
 #    (harness/run-in-svm.sh). Every bench boots the same kernel + Debian rootfs under hearth-vmm
 #    and under Debian's qemu-system-x86_64 (-M microvm, vhost-vsock), the same number of times,
 #    one guest at a time;
-# 4. prints each bench's median for both VMMs, n, and the hearth/QEMU ratio (the RESULT lines).
+# 4. prints each bench's median for both VMMs, n, and the hearth/QEMU ratio (the RESULT lines),
+#    and whether the targets are met (harness/bench-summary.sh: TARGET lines).
 # The whole output is also kept in --log FILE (default: a temporary file, path printed).
 # Fails when a bench fails (a missing artifact, KVM or QEMU makes the bench panic with the reason).
 # In the emulated machine, a run whose outer machine crashed or froze is started again (up to
@@ -120,23 +121,6 @@ fi
 set -e
 log "benches finished with status $rc after $(elapsed_since "$start")"
 
-# Summary: RESULT <bench> <vmm> median=<x> <unit> n=<n> samples=...
 echo
-echo "=== summary ($mode mode; medians; ratio = hearth / qemu) ==="
-grep -E '^MACHINE ' "$logfile" || true
-awk '/^RESULT /{
-        split($4, m, "="); split($6, n, "=");
-        key = $2; med[key, $3] = m[2]; cnt[key, $3] = n[2]; unit[key] = $5;
-        if (!(key in seen)) { seen[key] = 1; order[++k] = key }
-    }
-    END {
-        printf "%-28s %14s %14s %8s %s\n", "bench", "hearth", "qemu", "ratio", "unit (n hearth/qemu)";
-        for (i = 1; i <= k; i++) {
-            b = order[i]; h = med[b, "hearth"]; q = med[b, "qemu"];
-            r = (h != "" && q != "" && q + 0 != 0) ? sprintf("%.2f", h / q) : "-";
-            printf "%-28s %14s %14s %8s %s (%s/%s)\n", b, (h == "" ? "-" : h), (q == "" ? "-" : q), r,
-                unit[b], (cnt[b, "hearth"] == "" ? "-" : cnt[b, "hearth"]), (cnt[b, "qemu"] == "" ? "-" : cnt[b, "qemu"]);
-        }
-    }' "$logfile"
-grep -E '^GUEST_CLOCK ' "$logfile" || true   # with HEARTH_BENCH_GUEST_TIMES=1
+"$here/bench-summary.sh" "$logfile" "$mode"
 [ "$rc" = 0 ] || die "a bench failed (status $rc); see $logfile"
