@@ -9,13 +9,18 @@
 //! `harness/run-vm-tests.sh`, which provides all of that (inside emulated SVM where needed).
 //! A missing piece fails the test with the reason; nothing is skipped.
 
+#[path = "../benches/support/qemu_microvm.rs"]
+mod qemu_microvm;
+
 use hearth_agent::client::{Client, connect_vsock};
 use hearth_agent::proto::{ExecSpec, ExitStatus};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
+
+use qemu_microvm::{MicrovmGuest, microvm_command, qemu_binary};
 
 const AGENT_PORT: u32 = 1024;
 const READY_LIMIT: Duration = Duration::from_secs(240);
@@ -48,10 +53,6 @@ fn require_device(path: &str) {
     }
 }
 
-fn qemu_binary() -> String {
-    std::env::var("HEARTH_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
-}
-
 /// A running QEMU; killed on drop so a failing test never leaves a guest behind.
 struct Qemu {
     child: Child,
@@ -69,41 +70,15 @@ impl Qemu {
             "console=ttyS0 reboot=t panic=-1 quiet root=/dev/vda ro init=/sbin/hearth-agent \
              hearth.port={AGENT_PORT} hearth.overlay=tmpfs"
         );
-        let mut cmd = Command::new(qemu_binary());
-        cmd.args([
-            "-M",
-            "microvm,accel=kvm,acpi=off",
-            "-cpu",
-            "host",
-            "-smp",
-            "1",
-            "-m",
-            "512",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-drive")
-        .arg(format!(
-            "id=root,file={},format=raw,if=none,readonly=on",
-            rootfs.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=root"])
-        .arg("-device")
-        .arg(format!("vhost-vsock-device,guest-cid={cid}"))
-        .arg("-append")
-        .arg(&append)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
+        let guest = MicrovmGuest {
+            kernel,
+            rootfs,
+            memory_mib: 512,
+            vsock_cid: cid,
+            console: &console,
+            append: &append,
+        };
+        let mut cmd = microvm_command(&guest, stderr);
         println!("qemu command: {cmd:?}");
         let started = Instant::now();
         let child = cmd

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest_clock;
+pub mod qemu_microvm;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use hearth_agent::agent::ready::ReadyTimes;
 use hearth_agent::client::{Client, connect_vsock};
 use hearth_vmm::{Vm, VmBuilder};
+use qemu_microvm::{MicrovmGuest, microvm_command, qemu_binary};
 
 /// The agent's vsock port.
 pub const AGENT_PORT: u32 = 1024;
@@ -266,10 +268,6 @@ async fn boot_hearth(cid: u32) -> Guest {
     }
 }
 
-fn qemu_binary() -> String {
-    std::env::var("HEARTH_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
-}
-
 /// A running QEMU, killed on drop.
 struct Qemu {
     child: Child,
@@ -292,7 +290,7 @@ impl Qemu {
     }
 }
 
-/// The QEMU command line of tests/vm_qemu_reference.rs, with hearth's kernel parameters
+/// The compared QEMU (`qemu_microvm`) with hearth's kernel parameters
 /// (`hearth_vmm::DEFAULT_CMDLINE` minus its VMM-specific reboot method) so both guests run the
 /// same kernel configuration.
 fn qemu_command(kernel: &Path, rootfs: &Path, cid: u32, console: &Path, stderr: File) -> Command {
@@ -302,42 +300,15 @@ fn qemu_command(kernel: &Path, rootfs: &Path, cid: u32, console: &Path, stderr: 
         guest_clock::cmdline_for_both(),
         guest_clock::cmdline_for_qemu()
     );
-    let mut cmd = Command::new(qemu_binary());
-    cmd.args([
-        "-M",
-        "microvm,accel=kvm,acpi=off",
-        "-cpu",
-        "host",
-        "-smp",
-        "1",
-    ])
-    .arg("-m")
-    .arg(MEMORY_MIB.to_string())
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .arg("-serial")
-    .arg(format!("file:{}", console.display()))
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-drive")
-    .arg(format!(
-        "id=root,file={},format=raw,if=none,readonly=on",
-        rootfs.display()
-    ))
-    .args(["-device", "virtio-blk-device,drive=root"])
-    .arg("-device")
-    .arg(format!("vhost-vsock-device,guest-cid={cid}"))
-    .arg("-append")
-    .arg(append)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(stderr);
-    cmd
+    let guest = MicrovmGuest {
+        kernel,
+        rootfs,
+        memory_mib: MEMORY_MIB,
+        vsock_cid: cid,
+        console,
+        append: &append,
+    };
+    microvm_command(&guest, stderr)
 }
 
 /// hearth's default kernel parameters with `reboot=k` (hearth's i8042 reset) replaced by
